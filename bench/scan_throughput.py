@@ -1,0 +1,152 @@
+"""Scan throughput: the Ray pipeline against a plain sequential loop over the same stages.
+
+    .venv/bin/python bench/scan_throughput.py --videos 20 --frames 8
+
+Both runs use the same stage code (read → decode → MTCNN → hybrid → verdict) on the same
+videos; the sequential loop handles one video at a time in this process. Prints videos/s,
+frames/s, faces/s, peak RSS (this process plus every Ray worker), the ratio, and each
+stage's standalone rate. Figures are ratios measured in one run: the machines are noisy.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pyarrow as pa
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from detector.faces import FaceCropConfig  # noqa: E402
+from detector.verdict import Bands  # noqa: E402
+from jobs.samples import fetch_sample_media  # noqa: E402
+from jobs.scan import ScanConfig, run_scan  # noqa: E402
+from pipelines.decode import DecodeConfig, decode_videos  # noqa: E402
+from pipelines.faces import CropFaces  # noqa: E402
+from pipelines.score import ScoreFaces  # noqa: E402
+from pipelines.sources import list_videos, read_video_bytes  # noqa: E402
+from pipelines.verdict import build_verdicts  # noqa: E402
+
+
+class PeakRSS:
+    """Samples the summed RSS of this process and its descendants (Ray workers included)."""
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
+
+    def _run(self, interval: float) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for proc in [me, *me.children(recursive=True)]:
+                try:
+                    total += proc.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+            time.sleep(interval)
+
+    def __enter__(self) -> "PeakRSS":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def make_videos(n: int, folder: Path, cache: Path) -> list[Path]:
+    samples = fetch_sample_media(cache / "samples")
+    faces = [p for p in samples if p.name in ("single_face.mp4", "WolfgangLanger_Pexels.mp4", "face_noface.mov")]
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        src = faces[i % len(faces)]
+        shutil.copy(src, folder / f"video_{i:04d}{src.suffix}")
+    return sorted(folder.iterdir())
+
+
+def run_sequential(folder: Path, model: str, frames: int) -> dict[str, float]:
+    manifest = list_videos(str(folder), {})
+    crop, score = CropFaces(FaceCropConfig()), ScoreFaces(model)
+    stage_time = {"read": 0.0, "decode": 0.0, "faces": 0.0, "score": 0.0}
+    n_frames = n_faces = 0
+    start = time.perf_counter()
+    for i in range(manifest.num_rows):
+        row = manifest.slice(i, 1)
+        steps = [("read", lambda t: read_video_bytes(t, {}, 4 << 30)),
+                 ("decode", lambda t: decode_videos(t, DecodeConfig(frames))), ("faces", crop), ("score", score)]
+        for name, stage in steps:
+            t0 = time.perf_counter()
+            row = stage(row)
+            stage_time[name] += time.perf_counter() - t0
+        verdict = build_verdicts(row, "max_face_mean", Bands(), "bench")
+        n_frames += verdict["n_frames"][0].as_py()
+        n_faces += verdict["n_faces"][0].as_py()
+    elapsed = time.perf_counter() - start
+    n = manifest.num_rows
+    rates = {f"{k}_videos_per_s": n / v for k, v in stage_time.items() if v > 0}
+    return {"videos": n, "seconds": elapsed, "frames": n_frames, "faces": n_faces, **rates}
+
+
+def run_ray(folder: Path, out: Path, model: str, frames: int) -> dict[str, float]:
+    import pandas as pd
+
+    from jobs.scan import init_ray
+
+    t0 = time.perf_counter()
+    init_ray()  # cluster start-up is reported apart: a long scan pays it once
+    print(f"ray cluster start: {time.perf_counter() - t0:.1f}s (not counted below)")
+    start = time.perf_counter()
+    summary = run_scan(ScanConfig(str(folder), str(out), model=model, frames=frames, resume=False, progress=False))
+    elapsed = time.perf_counter() - start
+    verdicts = pd.read_parquet(out / "verdicts")
+    return {"videos": summary.scanned, "seconds": elapsed, "frames": int(verdicts["n_frames"].sum()),
+            "faces": int(verdicts["n_faces"].sum())}
+
+
+def report(name: str, r: dict[str, float], rss: int) -> None:
+    s = r["seconds"]
+    print(f"{name:<11} {r['videos']:>4} videos in {s:6.1f}s: {r['videos'] / s:6.2f} videos/s, "
+          f"{r['frames'] / s:7.1f} frames/s, {r['faces'] / s:7.1f} faces/s, peak RSS {rss / 2**30:5.2f} GiB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--videos", type=int, default=20)
+    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--model", default="hybrid_b0")
+    parser.add_argument("--skip-sequential", action="store_true")
+    args = parser.parse_args()
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+    work = Path(tempfile.mkdtemp(prefix="fakescan-bench-"))
+    cache = Path(os.environ.get("FAKESCAN_CACHE", Path.home() / ".cache" / "fakescan"))
+    folder = work / "videos"
+    make_videos(args.videos, folder, cache)
+    print(f"{args.videos} videos, {args.frames} frames each, model {args.model}, {os.cpu_count()} cores")
+    seq = None
+    if not args.skip_sequential:
+        with PeakRSS() as rss_seq:
+            seq = run_sequential(folder, args.model, args.frames)
+        report("sequential", seq, rss_seq.peak)
+        print("standalone stage rates (videos/s): " + ", ".join(
+            f"{k.removesuffix('_videos_per_s')} {v:.2f}" for k, v in seq.items() if k.endswith("_per_s")))
+    with PeakRSS() as rss_ray:
+        ray_run = run_ray(folder, work / "out", args.model, args.frames)
+    report("ray", ray_run, rss_ray.peak)
+    if seq:
+        ratio = (ray_run["videos"] / ray_run["seconds"]) / (seq["videos"] / seq["seconds"])
+        print(f"ratio ray/sequential: {ratio:.2f}")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

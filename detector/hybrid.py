@@ -1,0 +1,145 @@
+"""The hybrid "EfficientViT" deepfake detector (seed 002, §3).
+
+EfficientNet-B0 (timm) turns a 224×224 face crop into a 7×7×1280 map; its 49
+cells become tokens, projected, with a CLS token and learnable positions, through
+a 4-layer, 4-head Transformer encoder; an MLP head on the CLS output gives one
+logit (fake > 0). The model takes pixels in [0, 1] and normalises inside, so that
+attacks work in pixel space and GPUs receive uint8.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class HybridConfig:
+    name: str = "hybrid_b0"
+    backbone: str = "efficientnet_b0"
+    img_size: int = 224
+    embed_dim: int = 256
+    depth: int = 4
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+    head_hidden: int = 128
+    dropout: float = 0.1
+    mean: tuple[float, float, float] = field(default=IMAGENET_MEAN)
+    std: tuple[float, float, float] = field(default=IMAGENET_STD)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "HybridConfig":
+        known = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+HYBRID_CONFIGS: dict[str, HybridConfig] = {
+    "hybrid_b0": HybridConfig(),
+    # Same code path, small enough for CPU tests: timm's test-sized EfficientNet.
+    "hybrid_tiny": HybridConfig(name="hybrid_tiny", backbone="test_efficientnet", img_size=64, embed_dim=32,
+                                depth=2, num_heads=2, head_hidden=16),
+}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    version: str
+    trained: bool
+    source: str
+    config: HybridConfig
+
+
+class HybridDetector(nn.Module):
+    def __init__(self, config: HybridConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = timm.create_model(config.backbone, pretrained=False, num_classes=0, global_pool="")
+        with torch.no_grad():
+            channels, h, w = self.backbone.forward_features(torch.zeros(1, 3, config.img_size, config.img_size)).shape[1:]
+        self.grid = (h, w)
+        self.proj = nn.Linear(channels, config.embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, h * w + 1, config.embed_dim))
+        layer = nn.TransformerEncoderLayer(
+            config.embed_dim, config.num_heads, dim_feedforward=int(config.embed_dim * config.mlp_ratio),
+            dropout=config.dropout, activation="gelu", batch_first=True, norm_first=True,
+        )
+        self.encoder = nn.TransformerEncoder(layer, config.depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(config.embed_dim)
+        self.head = nn.Sequential(
+            nn.Linear(config.embed_dim, config.head_hidden), nn.GELU(), nn.Dropout(config.dropout),
+            nn.Linear(config.head_hidden, 1),
+        )
+        self.register_buffer("mean", torch.tensor(config.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(config.std).view(1, 3, 1, 1), persistent=False)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid[0] * self.grid[1] + 1
+
+    def tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) pixels in [0, 1] → (B, h*w + 1, embed_dim) encoded tokens, CLS first."""
+        features = self.backbone.forward_features((pixels - self.mean) / self.std)
+        x = self.proj(features.flatten(2).transpose(1, 2))
+        x = torch.cat([self.cls_token.expand(len(x), -1, -1), x], dim=1) + self.pos_embed
+        return self.norm(self.encoder(x))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.head(self.tokens(pixels)[:, 0]).squeeze(-1)
+
+
+def preprocess_crops(crops: np.ndarray | torch.Tensor, img_size: int) -> torch.Tensor:
+    """(N, H, W, 3) uint8 crops → (N, 3, img_size, img_size) float pixels in [0, 1]."""
+    x = torch.as_tensor(np.ascontiguousarray(crops) if isinstance(crops, np.ndarray) else crops)
+    x = x.permute(0, 3, 1, 2).float().div_(255.0)
+    if x.shape[-2:] != (img_size, img_size):
+        x = F.interpolate(x, size=(img_size, img_size), mode="bilinear", antialias=True, align_corners=False)
+    return x
+
+
+def create_hybrid(
+    name_or_config: str | HybridConfig = "hybrid_b0",
+    weights: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    storage_options: dict[str, Any] | None = None,
+) -> tuple[HybridDetector, ModelInfo]:
+    """Build the detector and describe it. Without weights it is randomly initialised and
+    marked untrained; with weights (safetensors, local or any fsspec URL) the config stored
+    in the file's metadata wins over ``name_or_config``."""
+    from detector.weights import load_weights
+
+    config = HYBRID_CONFIGS[name_or_config] if isinstance(name_or_config, str) else name_or_config
+    if weights is None:
+        model = HybridDetector(config).to(device).eval()
+        return model, ModelInfo(config.name, "random-init", False, "random-init", config)
+    state, metadata = load_weights(str(weights), storage_options)
+    if "config" in metadata:
+        config = HybridConfig.from_dict(json.loads(metadata["config"]))
+    model = HybridDetector(config)
+    state = {k: v.to(torch.float32) for k, v in state.items()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"weights in {weights} do not fit {config.name}: {str(exc).splitlines()[0]}") from exc
+    info = ModelInfo(
+        name=metadata.get("name", config.name), version=metadata.get("version", "unversioned"),
+        trained=metadata.get("trained", "false") == "true", source=str(weights), config=config,
+    )
+    return model.to(device).eval(), info
+

@@ -1,0 +1,41 @@
+"""Weights I/O for every detector: safetensors only, from a path or any fsspec URL.
+
+Nothing is unpickled, so a weights file from an untrusted bucket cannot run code.
+"""
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+from torch import nn
+
+
+def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, str], dtype: torch.dtype | None = None,
+                 storage_options: dict[str, Any] | None = None) -> None:
+    state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
+             for k, v in model.state_dict().items()}
+    with fsspec.open(str(path), "wb", **(storage_options or {})) as f:
+        f.write(save_safetensors(state, metadata={k: str(v) for k, v in metadata.items()}))
+
+
+def read_metadata(data: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors blob: 8-byte little-endian header length, then JSON."""
+    (header_len,) = struct.unpack("<Q", data[:8])
+    return json.loads(data[8 : 8 + header_len]).get("__metadata__", {}) or {}
+
+
+def load_weights(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    try:
+        with fsspec.open(uri, "rb", **(storage_options or {})) as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"weights not found: {uri}") from None
+    if len(data) < 8:
+        raise ValueError(f"not a safetensors file: {uri}")
+    return load_safetensors(data), read_metadata(data)

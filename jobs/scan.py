@@ -1,0 +1,185 @@
+"""The scan job: list → read → decode → faces → score → verdict → Parquet.
+
+The job owns the config, Ray's start-up and the sinks; the stages know nothing
+of the CLI. Every listed video yields exactly one verdicts row, and a rerun with
+the same destination scans only what has no verdict yet.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from detector.faces import FaceCropConfig
+from detector.verdict import AGGREGATIONS, Bands
+from pipelines.decode import DecodeConfig, decode_videos
+from pipelines.faces import CropFaces
+from pipelines.rows import MANIFEST_SCHEMA, to_table
+from pipelines.score import ScoreFaces, load_hybrid
+from pipelines.sinks import VerdictWriter, completed_video_ids
+from pipelines.sources import SourceError, filesystem_for, list_videos, read_video_bytes, storage_options_for
+from pipelines.verdict import build_verdicts
+
+log = logging.getLogger("fakescan.scan")
+STARTER_MODEL = Path(__file__).resolve().parent.parent / "detector" / "weights" / "hybrid_starter.safetensors"
+
+
+def default_model() -> str:
+    return str(STARTER_MODEL) if STARTER_MODEL.exists() else "hybrid_b0"
+
+
+@dataclass
+class ScanConfig:
+    source: str
+    out: str
+    model: str = field(default_factory=default_model)
+    frames: int = 32
+    s3_endpoint: str | None = None
+    resume: bool = True
+    limit: int | None = None
+    aggregation: str = "max_face_mean"
+    max_side: int = 1280
+    detect_long_side: int = 640
+    rows_per_file: int = 1000
+    flush_seconds: float = 60.0
+    max_read_bytes: int = 4 << 30
+    decode_cpus: float = 0.5
+    faces_cpus: float = 1.0
+    score_cpus: float = 0.5
+    faces_gpus: float = 0.25
+    score_gpus: float = 0.25
+    progress: bool = True
+
+
+@dataclass
+class ScanSummary:
+    out: str
+    listed: int
+    skipped: int
+    scanned: int
+    statuses: Counter
+    labels: Counter
+    model_trained: bool
+    elapsed_s: float
+
+    def line(self) -> str:
+        status = ", ".join(f"{k} {v}" for k, v in sorted(self.statuses.items())) or "none"
+        label = ", ".join(f"{k} {v}" for k, v in sorted(self.labels.items())) or "none"
+        return (f"fakescan: scanned {self.scanned} of {self.listed} videos ({self.skipped} already done) in "
+                f"{self.elapsed_s:.1f}s | status: {status} | label: {label} | output: {self.out}/verdicts, "
+                f"{self.out}/faces")
+
+
+def check_destination(out: str, storage_options: dict[str, Any]) -> None:
+    """Fail early, with one line, when the destination cannot be written."""
+    fs = filesystem_for(out, storage_options)
+    root = out.removeprefix("file://").rstrip("/")
+    probe = f"{root}/.fakescan-write-test-{uuid.uuid4().hex[:8]}"
+    try:
+        if out.startswith("s3://"):
+            bucket = root[len("s3://"):].split("/", 1)[0]
+            if not fs.exists(bucket):
+                raise SourceError(f"destination bucket not found: s3://{bucket}")
+        else:
+            os.makedirs(root, exist_ok=True)
+        fs.pipe_file(probe, b"")
+        fs.rm(probe)
+    except SourceError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure here means "cannot write"
+        raise SourceError(f"cannot write to destination {out}: {exc}") from exc
+
+
+def init_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    # A laptop or CI run starts its own cluster; RAY_ADDRESS attaches to a running one.
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    env = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+    ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False, logging_level=logging.WARNING,
+             runtime_env={"env_vars": env} if env else None)
+
+
+def pool_size(per_actor_cpus: float, share: float) -> int:
+    import ray
+
+    return max(1, int(ray.cluster_resources().get("CPU", 1) * share / per_actor_cpus))
+
+
+def build_dataset(config: ScanConfig, todo: pa.Table, storage_options: dict[str, Any], run_id: str):
+    import ray
+    from ray.data import ActorPoolStrategy, DataContext
+
+    DataContext.get_current().enable_progress_bars = False
+    has_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    per_block = max(1, math.ceil(todo.num_rows / 1000))
+    blocks = [todo.slice(i, per_block) for i in range(0, todo.num_rows, per_block)]
+    common = {"batch_format": "pyarrow", "zero_copy_batch": True}
+    ds = ray.data.from_arrow(blocks)
+    ds = ds.map_batches(read_video_bytes, fn_kwargs={"storage_options": storage_options,
+                        "max_bytes": config.max_read_bytes}, batch_size=1, num_cpus=config.decode_cpus, **common)
+    ds = ds.map_batches(decode_videos, fn_kwargs={"config": DecodeConfig(config.frames, config.max_side)},
+                        batch_size=1, num_cpus=config.decode_cpus, **common)
+    faces_config = FaceCropConfig(detect_long_side=config.detect_long_side)
+    ds = ds.map_batches(CropFaces, fn_constructor_kwargs={"config": faces_config}, batch_size=1,
+                        compute=ActorPoolStrategy(min_size=1, max_size=pool_size(config.faces_cpus, 0.5)),
+                        num_cpus=config.faces_cpus, num_gpus=config.faces_gpus if has_gpu else 0, **common)
+    ds = ds.map_batches(ScoreFaces, fn_constructor_kwargs={"model_spec": config.model}, batch_size=4,
+                        compute=ActorPoolStrategy(min_size=1, max_size=pool_size(config.score_cpus, 0.25)),
+                        num_cpus=config.score_cpus, num_gpus=config.score_gpus if has_gpu else 0, **common)
+    return ds.map_batches(build_verdicts, fn_kwargs={"aggregation": config.aggregation, "bands": Bands(),
+                          "run_id": run_id}, batch_size=None, num_cpus=0.1, **common)
+
+
+def run_scan(config: ScanConfig) -> ScanSummary:
+    started = time.monotonic()
+    if config.aggregation not in AGGREGATIONS:
+        raise SourceError(f"unknown aggregation {config.aggregation!r}; choose from {', '.join(AGGREGATIONS)}")
+    src_options = storage_options_for(config.source, config.s3_endpoint)
+    out_options = storage_options_for(config.out, config.s3_endpoint)
+    manifest = list_videos(config.source, src_options)
+    check_destination(config.out, out_options)
+    _, model_info = load_hybrid(config.model)
+    if not model_info.trained:
+        print(f"fakescan: warning: model {model_info.name} has no trained weights; every verdict is "
+              "'uncertain' with model_trained=false and no p_fake", file=sys.stderr)
+
+    out_fs = filesystem_for(config.out, out_options)
+    root = config.out.removeprefix("file://").rstrip("/")
+    done = completed_video_ids(out_fs, root) if config.resume else set()
+    todo = manifest.filter(pc.invert(pc.is_in(manifest["video_id"], pa.array(sorted(done), pa.string()))))
+    if config.limit is not None:
+        todo = todo.slice(0, config.limit)
+    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    writer = VerdictWriter(out_fs, root, run_id, config.rows_per_file, config.flush_seconds)
+    statuses: Counter = Counter()
+    labels: Counter = Counter()
+
+    if todo.num_rows:
+        from tqdm import tqdm
+
+        init_ray()
+        ds = build_dataset(config, todo.cast(MANIFEST_SCHEMA), src_options, run_id)
+        with tqdm(total=todo.num_rows, unit="video", desc="scan", file=sys.stderr, disable=not config.progress,
+                  mininterval=1.0 if sys.stderr.isatty() else 10.0) as bar:
+            for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+                writer.add(batch)
+                statuses.update(batch["status"].to_pylist())
+                labels.update(batch["label"].to_pylist())
+                bar.update(batch.num_rows)
+    writer.close()
+    return ScanSummary(config.out, manifest.num_rows, len(done & set(manifest["video_id"].to_pylist())),
+                       todo.num_rows, statuses, labels, model_info.trained, time.monotonic() - started)

@@ -1,0 +1,98 @@
+"""The one-row-per-video record as it travels through the scan.
+
+Every stage emits the same base columns plus its own payload, with an explicit
+Arrow schema, so a block in which every video failed has the same types as one
+in which none did. Heavy payloads (bytes, frames, crops) are dropped by the
+stage that consumes them, which keeps the object store bounded.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+
+ERROR_STAGES = ("list", "read", "decode", "faces", "score")
+
+BASE = [
+    pa.field("video_id", pa.string()),
+    pa.field("uri", pa.string()),
+    pa.field("size_bytes", pa.int64()),
+    pa.field("etag", pa.string()),
+    pa.field("status", pa.string()),  # pending | ok | no_face | error
+    pa.field("error_stage", pa.string()),
+    pa.field("error_message", pa.string()),
+    pa.field("t_read_s", pa.float64()),
+    pa.field("t_decode_s", pa.float64()),
+    pa.field("t_faces_s", pa.float64()),
+    pa.field("t_score_s", pa.float64()),
+]
+VIDEO = [
+    pa.field("decoder", pa.string()),
+    pa.field("video_width", pa.int32()),
+    pa.field("video_height", pa.int32()),
+    pa.field("video_fps", pa.float64()),
+    pa.field("video_duration_s", pa.float64()),
+    pa.field("rotation", pa.int32()),
+    pa.field("frame_numbers", pa.list_(pa.int64())),
+    pa.field("timestamps_s", pa.list_(pa.float64())),
+]
+FACES = [
+    pa.field("face_frame", pa.list_(pa.int32())),  # index into frame_numbers
+    pa.field("face_box", pa.list_(pa.list_(pa.float32(), 4))),
+    pa.field("face_det_prob", pa.list_(pa.float32())),
+]
+SCORES = [
+    pa.field("face_logit", pa.list_(pa.float32())),
+    pa.field("model_name", pa.string()),
+    pa.field("model_version", pa.string()),
+    pa.field("model_trained", pa.bool_()),
+]
+
+MANIFEST_SCHEMA = pa.schema(BASE)
+READ_SCHEMA = pa.schema(BASE + [pa.field("data", pa.large_binary())])
+DECODED_SCHEMA = pa.schema(
+    BASE + VIDEO + [pa.field("frames", pa.large_binary()), pa.field("frame_shape", pa.list_(pa.int32()))]
+)
+FACES_SCHEMA = pa.schema(
+    BASE + VIDEO + FACES + [pa.field("crops", pa.large_binary()), pa.field("crop_size", pa.int32())]
+)
+SCORED_SCHEMA = pa.schema(BASE + VIDEO + FACES + SCORES)
+
+
+def to_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    return pa.Table.from_pylist([{f.name: row.get(f.name) for f in schema} for row in rows], schema=schema)
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def mark_error(row: dict[str, Any], stage: str, reason: str) -> dict[str, Any]:
+    row.update(status="error", error_stage=stage, error_message=reason)
+    return row
+
+
+@contextmanager
+def stage_guard(row: dict[str, Any], stage: str) -> Iterator[None]:
+    """Turn any failure while processing ``row`` into an error verdict for that stage,
+    and time the stage. A bad video never fails the batch (Ray would retry, then drop it)."""
+    start = time.perf_counter()
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - every failure becomes that video's verdict
+        mark_error(row, stage, one_line(exc))
+    finally:
+        row[f"t_{stage}_s"] = time.perf_counter() - start
+
+
+def pack_array(array: np.ndarray) -> tuple[bytes, list[int]]:
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    return array.tobytes(), list(array.shape)
+
+
+def unpack_array(data: bytes, shape: list[int]) -> np.ndarray:
+    return np.frombuffer(data, dtype=np.uint8).reshape(shape)

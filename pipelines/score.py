@@ -1,0 +1,44 @@
+"""Score stage: a hybrid-detector actor scores every face crop of a video."""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from detector.hybrid import HYBRID_CONFIGS, HybridDetector, ModelInfo, create_hybrid, preprocess_crops
+from pipelines.rows import SCORED_SCHEMA, stage_guard, to_table, unpack_array
+
+
+def load_hybrid(spec: str, device: str = "cpu") -> tuple[HybridDetector, ModelInfo]:
+    """``spec`` is a config name (random weights, marked untrained) or a safetensors path/URI."""
+    if spec in HYBRID_CONFIGS:
+        return create_hybrid(spec, device=device)
+    return create_hybrid("hybrid_b0", weights=spec, device=device)
+
+
+class ScoreFaces:
+    def __init__(self, model_spec: str, batch_size: int = 64, device: str | None = None) -> None:
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model, self.info = load_hybrid(model_spec, self.device)
+        self.model.eval()
+        self.batch_size = batch_size
+
+    @torch.inference_mode()
+    def score_crops(self, crops: np.ndarray) -> np.ndarray:
+        logits = []
+        for start in range(0, len(crops), self.batch_size):
+            x = preprocess_crops(crops[start : start + self.batch_size], self.model.config.img_size)
+            logits.append(self.model(x.to(self.device)).float().cpu().numpy())
+        return np.concatenate(logits) if logits else np.zeros((0,), np.float32)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        for row in rows:
+            crops, size = row.pop("crops", None), row.pop("crop_size", None)
+            row.update(model_name=self.info.name, model_version=self.info.version, model_trained=self.info.trained)
+            if row["status"] != "pending":
+                continue
+            with stage_guard(row, "score"):
+                n = len(row["face_frame"])
+                row["face_logit"] = self.score_crops(unpack_array(crops, [n, size, size, 3])).tolist()
+        return to_table(rows, SCORED_SCHEMA)

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# System packages the test suite needs: Ceph (a real S3 server, radosgw) and curl.
+set -euo pipefail
+need=()
+for bin in radosgw ceph-mon ceph-osd curl uuidgen; do command -v "$bin" >/dev/null || need+=("$bin"); done
+[ ${#need[@]} -eq 0 ] && exit 0
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq radosgw ceph-mon ceph-osd curl uuid-runtime >/dev/null
