@@ -25,7 +25,7 @@ from detector.faces import FaceCropConfig
 from detector.verdict import AGGREGATIONS, Bands
 from pipelines.decode import DecodeConfig, decode_videos
 from pipelines.faces import CropFaces
-from pipelines.rows import MANIFEST_SCHEMA, to_table
+from pipelines.rows import MANIFEST_SCHEMA
 from pipelines.score import ScoreFaces, load_hybrid
 from pipelines.sinks import VerdictWriter, completed_video_ids
 from pipelines.sources import SourceError, filesystem_for, list_videos, read_video_bytes, storage_options_for
@@ -123,7 +123,10 @@ def build_dataset(config: ScanConfig, todo: pa.Table, storage_options: dict[str,
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
+    # The job shows one progress bar of its own; Ray Data's per-operator bars and INFO lines
+    # would bury the summary. Its logs stay in the session folder.
     DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
     has_gpu = ray.cluster_resources().get("GPU", 0) > 0
     per_block = max(1, math.ceil(todo.num_rows / 1000))
     blocks = [todo.slice(i, per_block) for i in range(0, todo.num_rows, per_block)]
@@ -151,8 +154,8 @@ def run_scan(config: ScanConfig) -> ScanSummary:
     src_options = storage_options_for(config.source, config.s3_endpoint)
     out_options = storage_options_for(config.out, config.s3_endpoint)
     manifest = list_videos(config.source, src_options)
-    check_destination(config.out, out_options)
     _, model_info = load_hybrid(config.model)
+    check_destination(config.out, out_options)
     if not model_info.trained:
         print(f"fakescan: warning: model {model_info.name} has no trained weights; every verdict is "
               "'uncertain' with model_trained=false and no p_fake", file=sys.stderr)

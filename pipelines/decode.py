@@ -10,9 +10,13 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 import av
-import decord
 import numpy as np
 import pyarrow as pa
+import torch  # noqa: F401  - must load before decord: see below
+
+# decord2's bundled native libraries, loaded before torch, shadow symbols that torch's CPU
+# matmul resolves later, and MTCNN then segfaults in the same process. torch first is safe.
+import decord  # noqa: E402
 
 from pipelines.rows import DECODED_SCHEMA, pack_array, stage_guard, to_table
 
@@ -85,8 +89,15 @@ def scaled_size(width: int, height: int, max_side: int) -> tuple[int, int]:
     return max(2, int(width * scale) // 2 * 2), max(2, int(height * scale) // 2 * 2)
 
 
+def display_size(info: VideoInfo, max_side: int) -> tuple[int, int]:
+    """Width and height as a player shows the video (after rotation), capped at max_side."""
+    width, height = scaled_size(info.width, info.height, max_side)
+    return (height, width) if abs(info.rotation) % 180 == 90 else (width, height)
+
+
 def decode_with_decord(data: bytes, info: VideoInfo, config: DecodeConfig) -> SampledFrames:
-    width, height = scaled_size(info.width, info.height, config.max_side)
+    # decord2 applies the display matrix itself, so its frames come out upright.
+    width, height = display_size(info, config.max_side)
     reader = decord.VideoReader(io.BytesIO(data), ctx=decord.cpu(0), width=width, height=height, num_threads=1)
     indices = sample_indices(len(reader), config.n_frames)
     if not indices:
@@ -97,6 +108,7 @@ def decode_with_decord(data: bytes, info: VideoInfo, config: DecodeConfig) -> Sa
 
 
 def decode_with_pyav(data: bytes, info: VideoInfo, config: DecodeConfig) -> SampledFrames:
+    """Seek to each sampled frame; PyAV returns stored (not rotated) pixels, so rotate here."""
     width, height = scaled_size(info.width, info.height, config.max_side)
     n_total = info.n_frames if info.n_frames > 0 else max(1, int(info.duration_s * (info.fps or 25)))
     targets = sample_indices(n_total, config.n_frames)
@@ -117,7 +129,7 @@ def decode_with_pyav(data: bytes, info: VideoInfo, config: DecodeConfig) -> Samp
                     break
     if not frames:
         raise DecodeError("PyAV decoded no frames")
-    return SampledFrames(np.stack(frames), numbers, stamps, "pyav")
+    return SampledFrames(upright(np.stack(frames), info.rotation), numbers, stamps, "pyav")
 
 
 def upright(frames: np.ndarray, rotation: int) -> np.ndarray:
@@ -134,8 +146,7 @@ def sample_frames(data: bytes, config: DecodeConfig) -> tuple[VideoInfo, Sampled
             sampled = decode_with_pyav(data, info, config)
         except Exception as pyav_error:
             raise DecodeError(f"decord: {decord_error}; pyav: {pyav_error}") from pyav_error
-    frames = upright(sampled.frames, info.rotation)
-    return info, SampledFrames(frames, sampled.frame_numbers, sampled.timestamps_s, sampled.decoder)
+    return info, sampled
 
 
 def decode_videos(batch: pa.Table, config: DecodeConfig) -> pa.Table:
