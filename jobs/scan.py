@@ -144,7 +144,7 @@ def build_dataset(config: ScanConfig, todo: pa.Table, storage_options: dict[str,
                         compute=ActorPoolStrategy(min_size=1, max_size=pool_size(config.score_cpus, 0.25)),
                         num_cpus=config.score_cpus, num_gpus=config.score_gpus if has_gpu else 0, **common)
     return ds.map_batches(build_verdicts, fn_kwargs={"aggregation": config.aggregation, "bands": Bands(),
-                          "run_id": run_id}, batch_size=None, num_cpus=0.1, **common)
+                          "run_id": run_id}, batch_size=4, num_cpus=0.1, **common)
 
 
 def run_scan(config: ScanConfig) -> ScanSummary:

@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import FAKESCAN, run_fakescan
 
 pytestmark = pytest.mark.slow
-N_VIDEOS = 10
+N_VIDEOS = 12
 
 
 def verdict_rows(out: Path) -> int:
@@ -29,12 +29,12 @@ def test_kill_9_mid_scan_then_rerun_gives_one_row_per_video(ray_cluster, short_f
     for i in range(N_VIDEOS):
         shutil.copy(short_face_video, src / f"clip {i:02d}.mp4")
     out = tmp_path / "out"
-    args = ["scan", str(src), "--out", str(out), "--model", "hybrid_tiny", "--frames", "4", "--no-progress",
+    args = ["scan", str(src), "--out", str(out), "--model", "hybrid_tiny", "--frames", "12", "--no-progress",
             "--rows-per-file", "1"]
     driver = subprocess.Popen([FAKESCAN, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
-    while verdict_rows(out) < 2 and driver.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
+    while verdict_rows(out) < 1 and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
     done_before = verdict_rows(out)

@@ -122,3 +122,29 @@ def test_rerun_skips_videos_already_scanned(ray_cluster, short_face_video, no_fa
     second = run_fakescan("scan", str(src), "--out", str(out), *SCAN)
     assert "scanned 1 of 2 videos (1 already done)" in second.stdout
     assert sorted(Path(u).name for u in read_verdicts(out)["uri"]) == ["a.mp4", "b.mp4"]
+
+
+def test_readme_duckdb_queries_run_on_scan_output(mixed_scan):
+    """The README's schema examples are the analysts' contract: every query must run as written."""
+    _, out, _ = mixed_scan
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in readme.split("```sql\n")[1:]]
+    sql_text = "\n".join(line for block in blocks for line in block.splitlines() if not line.startswith("--"))
+    statements = [s.strip() for s in sql_text.split(";") if s.strip()]
+    assert len(statements) >= 3
+    con = duckdb.connect()
+    for sql in statements:
+        con.execute(sql.replace("'out/", f"'{out}/")).fetchall()
+
+
+def test_limit_scans_only_that_many_new_videos(ray_cluster, short_face_video, no_face_video, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("a.mp4", "b.mp4", "c.mp4"):
+        shutil.copy(short_face_video, src / name)
+    out = tmp_path / "out"
+    first = run_fakescan("scan", str(src), "--out", str(out), "--limit", "2", *SCAN)
+    assert "scanned 2 of 3 videos" in first.stdout
+    rest = run_fakescan("scan", str(src), "--out", str(out), *SCAN)
+    assert "scanned 1 of 3 videos (2 already done)" in rest.stdout
+    assert read_verdicts(out)["video_id"].is_unique and len(read_verdicts(out)) == 3
