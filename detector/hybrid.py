@@ -106,7 +106,8 @@ class HybridDetector(nn.Module):
 
 def preprocess_crops(crops: np.ndarray | torch.Tensor, img_size: int) -> torch.Tensor:
     """(N, H, W, 3) uint8 crops → (N, 3, img_size, img_size) float pixels in [0, 1]."""
-    x = torch.as_tensor(np.ascontiguousarray(crops) if isinstance(crops, np.ndarray) else crops)
+    # A copy: crops often arrive as read-only views of Arrow buffers.
+    x = torch.from_numpy(np.array(crops, dtype=np.uint8)) if isinstance(crops, np.ndarray) else crops
     x = x.permute(0, 3, 1, 2).float().div_(255.0)
     if x.shape[-2:] != (img_size, img_size):
         x = F.interpolate(x, size=(img_size, img_size), mode="bilinear", antialias=True, align_corners=False)
