@@ -70,7 +70,6 @@ class ScanSummary:
     scanned: int
     statuses: Counter
     labels: Counter
-    model_trained: bool
     elapsed_s: float
 
     def line(self) -> str:
@@ -154,6 +153,7 @@ def run_scan(config: ScanConfig) -> ScanSummary:
     src_options = storage_options_for(config.source, config.s3_endpoint)
     out_options = storage_options_for(config.out, config.s3_endpoint)
     manifest = list_videos(config.source, src_options)
+    # Built once here too, so that a bad --model fails in one line before Ray starts.
     _, model_info = load_hybrid(config.model)
     check_destination(config.out, out_options)
     if not model_info.trained:
@@ -185,4 +185,4 @@ def run_scan(config: ScanConfig) -> ScanSummary:
                 bar.update(batch.num_rows)
     writer.close()
     return ScanSummary(config.out, manifest.num_rows, len(done & set(manifest["video_id"].to_pylist())),
-                       todo.num_rows, statuses, labels, model_info.trained, time.monotonic() - started)
+                       todo.num_rows, statuses, labels, time.monotonic() - started)

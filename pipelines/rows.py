@@ -14,15 +14,13 @@ from typing import Any, Iterator
 import numpy as np
 import pyarrow as pa
 
-ERROR_STAGES = ("list", "read", "decode", "faces", "score")
-
 BASE = [
     pa.field("video_id", pa.string()),
     pa.field("uri", pa.string()),
     pa.field("size_bytes", pa.int64()),
     pa.field("etag", pa.string()),
     pa.field("status", pa.string()),  # pending | ok | no_face | error
-    pa.field("error_stage", pa.string()),
+    pa.field("error_stage", pa.string()),  # list | read | decode | faces | score
     pa.field("error_message", pa.string()),
     pa.field("t_read_s", pa.float64()),
     pa.field("t_decode_s", pa.float64()),

@@ -139,9 +139,7 @@ def read_video_bytes(batch: pa.Table, storage_options: dict[str, Any], max_bytes
         if row["status"] != "pending":
             continue
         with stage_guard(row, "read"):
-            fs = filesystem_for(row["uri"], storage_options)
-            size = fs.size(row["uri"])
-            if size > max_bytes:
-                raise ValueError(f"file is {size} bytes, over the {max_bytes}-byte limit")
-            row["data"] = fs.cat_file(row["uri"])
+            if row["size_bytes"] > max_bytes:  # as listed: no second request per video
+                raise ValueError(f"file is {row['size_bytes']} bytes, over the {max_bytes}-byte limit")
+            row["data"] = filesystem_for(row["uri"], storage_options).cat_file(row["uri"])
     return to_table(rows, READ_SCHEMA)

