@@ -63,13 +63,22 @@ class ModelInfo:
     config: HybridConfig
 
 
+def backbone_feature_shape(backbone: str, img_size: int) -> tuple[int, int, int]:
+    """(C, h, w) of ``forward_features`` for a square input, without computing anything."""
+    # A twin on the meta device propagates shapes only: exact for any padding scheme, and
+    # free, where a real dummy forward of B0 costs seconds on a small CPU.
+    with torch.device("meta"):
+        probe = timm.create_model(backbone, pretrained=False, num_classes=0, global_pool="")
+        channels, h, w = probe.forward_features(torch.empty(1, 3, img_size, img_size)).shape[1:]
+    return channels, h, w
+
+
 class HybridDetector(nn.Module):
     def __init__(self, config: HybridConfig) -> None:
         super().__init__()
         self.config = config
         self.backbone = timm.create_model(config.backbone, pretrained=False, num_classes=0, global_pool="")
-        with torch.no_grad():
-            channels, h, w = self.backbone.forward_features(torch.zeros(1, 3, config.img_size, config.img_size)).shape[1:]
+        channels, h, w = backbone_feature_shape(config.backbone, config.img_size)
         self.grid = (h, w)
         self.proj = nn.Linear(channels, config.embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.embed_dim))
@@ -123,7 +132,7 @@ def create_hybrid(
     """Build the detector and describe it. Without weights it is randomly initialised and
     marked untrained; with weights (safetensors, local or any fsspec URL) the config stored
     in the file's metadata wins over ``name_or_config``."""
-    from detector.weights import load_weights
+    from detector.weights import load_state, load_weights
 
     config = HYBRID_CONFIGS[name_or_config] if isinstance(name_or_config, str) else name_or_config
     if weights is None:
@@ -133,11 +142,7 @@ def create_hybrid(
     if "config" in metadata:
         config = HybridConfig.from_dict(json.loads(metadata["config"]))
     model = HybridDetector(config)
-    state = {k: v.to(torch.float32) for k, v in state.items()}
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ValueError(f"weights in {weights} do not fit {config.name}: {str(exc).splitlines()[0]}") from exc
+    load_state(model, state, source=f"{weights} ({config.name})")
     info = ModelInfo(
         name=metadata.get("name", config.name), version=metadata.get("version", "unversioned"),
         trained=metadata.get("trained", "false") == "true", source=str(weights), config=config,

@@ -39,3 +39,19 @@ def load_weights(uri: str, storage_options: dict[str, Any] | None = None) -> tup
     if len(data) < 8:
         raise ValueError(f"not a safetensors file: {uri}")
     return load_safetensors(data), read_metadata(data)
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str = "weights") -> None:
+    """Load ``state`` strictly into ``model``, casting floating tensors (e.g. fp16 files) to the
+    dtype of the model's own tensor; a state dict that does not fit raises ``ValueError``."""
+    own = model.state_dict()
+    missing = sorted(own.keys() - state.keys())
+    unexpected = sorted(state.keys() - own.keys())
+    reshaped = [f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}"
+                for k in sorted(own.keys() & state.keys()) if state[k].shape != own[k].shape]
+    if missing or unexpected or reshaped:
+        problems = [f"{label} ({len(keys)}): {', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}"
+                    for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", reshaped))
+                    if keys]
+        raise ValueError(f"state dict does not fit the model for {source}; " + "; ".join(problems))
+    model.load_state_dict({k: v.to(own[k].dtype) if v.is_floating_point() else v for k, v in state.items()})

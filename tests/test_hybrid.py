@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -22,6 +23,16 @@ def test_forward_gives_one_logit_per_image(tiny):
     x = torch.rand(3, 3, model.config.img_size, model.config.img_size)
     assert model(x).shape == (3,)
     assert not info.trained and info.version == "random-init"
+
+
+def test_tokens_are_the_backbone_grid_plus_cls(tiny):
+    model, _ = tiny
+    x = torch.rand(2, 3, model.config.img_size, model.config.img_size)
+    with torch.no_grad():
+        h, w = model.backbone.forward_features(x).shape[-2:]
+        tokens = model.tokens(x)
+    assert model.grid == (h, w)
+    assert tokens.shape == (2, h * w + 1, model.config.embed_dim) and model.num_tokens == h * w + 1
 
 
 def test_production_config_has_49_tokens_plus_cls():
@@ -54,9 +65,10 @@ def test_fp16_weights_load_close_to_fp32(tiny, tmp_path):
 def test_weights_of_another_architecture_are_refused(tiny, tmp_path):
     model, _ = tiny
     path = tmp_path / "tiny.safetensors"
-    save_weights(model, path, {})  # no config in metadata: loaded into hybrid_b0, which does not fit
-    with pytest.raises(ValueError, match="do not fit"):
-        create_hybrid("hybrid_b0", weights=path)
+    save_weights(model, path, {})  # no config in metadata, so the caller's config is used
+    wider = replace(HYBRID_CONFIGS["hybrid_tiny"], embed_dim=48)
+    with pytest.raises(ValueError, match=r"does not fit.*wrong shape.*cls_token"):
+        create_hybrid(wider, weights=path)
 
 
 def test_preprocess_resizes_uint8_crops_to_unit_range():
