@@ -164,10 +164,14 @@ def sample_media() -> Path:
     return folder
 
 
+def two_second_clip(source: Path, dest: Path) -> Path:
+    """A fast-to-scan 2 s, 640-wide, 15 fps H.264 cut of a real video."""
+    return encode_video(dest, clip_frames(source, seconds=2.0, fps=15, width=640), fps=15)
+
+
 @pytest.fixture(scope="session")
 def short_face_video(sample_media: Path, media_cache: Path) -> Path:
-    frames = clip_frames(sample_media / "single_face.mp4", seconds=2.0, fps=15, width=640)
-    return encode_video(media_cache / "short_face.mp4", frames, fps=15)
+    return two_second_clip(sample_media / "single_face.mp4", media_cache / "short_face.mp4")
 
 
 @pytest.fixture(scope="session")
@@ -178,8 +182,7 @@ def multi_face_video(sample_media: Path, media_cache: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def no_face_video(sample_media: Path, media_cache: Path) -> Path:
-    frames = clip_frames(sample_media / "no_face.mp4", seconds=2.0, fps=15, width=640)
-    return encode_video(media_cache / "no_face.mp4", frames, fps=15)
+    return two_second_clip(sample_media / "no_face.mp4", media_cache / "no_face.mp4")
 
 
 @pytest.fixture(scope="session")
