@@ -33,13 +33,17 @@ class FaceCrop:
     box: tuple[float, float, float, float]  # x1, y1, x2, y2 in full-resolution pixels
     prob: float
     crop: np.ndarray  # (crop_size, crop_size, 3) uint8
+    # MTCNN's five points (eyes, nose, mouth corners) as (x, y) in crop pixels.
+    landmarks: np.ndarray  # (5, 2) float32
 
 
 def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
     """Resize a (N, H, W, 3) uint8 batch with antialiasing."""
     if frames.shape[1:3] == (height, width):
         return frames
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+    # Arrow hands over read-only views; torch wants a writable buffer.
+    frames = np.ascontiguousarray(frames) if frames.flags.writeable else np.array(frames)
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
     x = F.interpolate(x, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
     return x.clamp_(0, 255).round_().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
@@ -72,34 +76,39 @@ class FaceCropper:
         self.device = device
         self.mtcnn = MTCNN(keep_all=True, min_face_size=config.min_face_size, post_process=False, device=device)
 
-    def detect(self, frames: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """Boxes (full-resolution pixels) and probabilities per frame."""
+    def detect(self, frames: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+        """Boxes and (5, 2) landmarks, in full-resolution pixels, and probabilities per frame."""
         n, h, w = frames.shape[:3]
         scale = min(1.0, self.config.detect_long_side / max(h, w))
         small = resize_frames(frames, max(1, round(h * scale)), max(1, round(w * scale)))
-        batch_boxes, batch_probs = self.mtcnn.detect(small)
-        boxes_out, probs_out = [], []
-        for boxes, probs in zip(batch_boxes, batch_probs):
+        batch_boxes, batch_probs, batch_points = self.mtcnn.detect(small, landmarks=True)
+        boxes_out, probs_out, points_out = [], [], []
+        for boxes, probs, points in zip(batch_boxes, batch_probs, batch_points):
             if boxes is None:
                 boxes_out.append(np.zeros((0, 4), np.float32))
                 probs_out.append(np.zeros((0,), np.float32))
+                points_out.append(np.zeros((0, 5, 2), np.float32))
                 continue
             probs = np.asarray(probs, dtype=np.float32)
             keep = np.argsort(-probs)[: self.config.max_faces_per_frame]
             keep = keep[probs[keep] >= self.config.min_prob]
             boxes_out.append((np.asarray(boxes, np.float32)[keep] / scale).astype(np.float32))
             probs_out.append(probs[keep])
-        return boxes_out, probs_out
+            points_out.append((np.asarray(points, np.float32)[keep] / scale).astype(np.float32))
+        return boxes_out, probs_out, points_out
 
     def crop_faces(self, frames: np.ndarray) -> list[FaceCrop]:
         if len(frames) == 0:
             return []
-        boxes, probs = self.detect(frames)
+        boxes, probs, points = self.detect(frames)
         size = self.config.crop_size
         faces: list[FaceCrop] = []
-        for index, (frame_boxes, frame_probs) in enumerate(zip(boxes, probs)):
-            for box, prob in zip(frame_boxes, frame_probs):
-                patch = cut_square(frames[index], square_box(box, self.config.margin))
+        for index, (frame_boxes, frame_probs, frame_points) in enumerate(zip(boxes, probs, points)):
+            for box, prob, landmarks in zip(frame_boxes, frame_probs, frame_points):
+                square = square_box(box, self.config.margin)
+                patch = cut_square(frames[index], square)
                 crop = resize_frames(patch[None], size, size)[0]
-                faces.append(FaceCrop(index, tuple(float(v) for v in box), float(prob), crop))
+                in_crop = (landmarks - np.array(square[:2], np.float32)) * (size / (square[2] - square[0]))
+                faces.append(FaceCrop(index, tuple(float(v) for v in box), float(prob), crop,
+                                      in_crop.astype(np.float32)))
         return faces

@@ -125,7 +125,7 @@ def preprocess_crops(crops: np.ndarray | torch.Tensor, img_size: int) -> torch.T
 
 def create_hybrid(
     name_or_config: str | HybridConfig = "hybrid_b0",
-    weights: str | Path | None = None,
+    weights: str | Path | bytes | None = None,
     device: str | torch.device = "cpu",
     storage_options: dict[str, Any] | None = None,
 ) -> tuple[HybridDetector, ModelInfo]:
@@ -138,14 +138,15 @@ def create_hybrid(
     if weights is None:
         model = HybridDetector(config).to(device).eval()
         return model, ModelInfo(config.name, "random-init", False, "random-init", config)
-    state, metadata = load_weights(str(weights), storage_options)
+    state, metadata = load_weights(weights if isinstance(weights, bytes) else str(weights), storage_options)
     if "config" in metadata:
         config = HybridConfig.from_dict(json.loads(metadata["config"]))
     model = HybridDetector(config)
     load_state(model, state, source=f"{weights} ({config.name})")
     info = ModelInfo(
         name=metadata.get("name", config.name), version=metadata.get("version", "unversioned"),
-        trained=metadata.get("trained", "false") == "true", source=str(weights), config=config,
+        trained=metadata.get("trained", "false") == "true",
+        source=metadata.get("source", "bytes") if isinstance(weights, bytes) else str(weights), config=config,
     )
     return model.to(device).eval(), info
 

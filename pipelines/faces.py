@@ -30,6 +30,7 @@ class CropFaces:
                     face_frame=[f.frame_index for f in faces],
                     face_box=[list(f.box) for f in faces],
                     face_det_prob=[f.prob for f in faces],
+                    face_landmarks=[f.landmarks.reshape(-1).tolist() for f in faces],
                 )
                 if not faces:
                     row["status"] = "no_face"

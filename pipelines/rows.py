@@ -41,6 +41,7 @@ FACES = [
     pa.field("face_frame", pa.list_(pa.int32())),  # index into frame_numbers
     pa.field("face_box", pa.list_(pa.list_(pa.float32(), 4))),
     pa.field("face_det_prob", pa.list_(pa.float32())),
+    pa.field("face_landmarks", pa.list_(pa.list_(pa.float32(), 10))),  # 5 (x, y) in crop pixels
 ]
 SCORES = [
     pa.field("face_logit", pa.list_(pa.float32())),

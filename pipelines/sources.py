@@ -18,6 +18,8 @@ import pyarrow as pa
 from pipelines.rows import MANIFEST_SCHEMA, READ_SCHEMA, stage_guard, to_table
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".ts"})
+# Training data may be photos too: FFmpeg opens them as one-frame videos, so decode is shared.
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 SNIFF_BYTES = 1024
 
 
@@ -41,6 +43,18 @@ def filesystem_for(uri: str, storage_options: dict[str, Any]) -> fsspec.Abstract
     if "://" in uri and not uri.startswith("file://"):
         raise SourceError(f"unsupported URI scheme in {uri!r}: use a local path or s3://bucket/prefix")
     return fsspec.filesystem("file")
+
+
+def arrow_filesystem_for(uri: str, s3_endpoint: str | None = None):
+    """pyarrow's own filesystem for ``uri`` (Ray Data's readers and Ray Train's storage use it);
+    None for local paths."""
+    if not uri.startswith("s3://"):
+        return None
+    from pyarrow.fs import S3FileSystem
+
+    # pyarrow's S3 client sends checksums that some S3 servers (Ceph) reject unless told not to.
+    os.environ.setdefault("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
+    return S3FileSystem(endpoint_override=s3_endpoint, region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
 
 
 def video_id_for(uri: str, size: int, etag: str) -> str:
@@ -74,14 +88,14 @@ def _list_error_row(uri: str, reason: str) -> dict[str, Any]:
     return row
 
 
-def _wanted(name: str, read_header) -> bool:
+def _wanted(name: str, read_header, extensions: frozenset[str]) -> bool:
     suffix = os.path.splitext(name)[1].lower()
-    if suffix in VIDEO_EXTENSIONS:
+    if suffix in extensions:
         return True
     return suffix == "" and sniff_video(read_header())
 
 
-def _list_local(root: Path) -> list[dict[str, Any]]:
+def _list_local(root: Path, extensions: frozenset[str]) -> list[dict[str, Any]]:
     files = [root] if root.is_file() else sorted(
         Path(dirpath) / name for dirpath, _, names in os.walk(root, followlinks=False) for name in names
     )
@@ -89,7 +103,7 @@ def _list_local(root: Path) -> list[dict[str, Any]]:
     for path in files:
         uri = str(path.absolute())
         try:
-            if path != root and not _wanted(path.name, lambda: path.open("rb").read(SNIFF_BYTES)):
+            if path != root and not _wanted(path.name, lambda: path.open("rb").read(SNIFF_BYTES), extensions):
                 continue
             stat = path.stat()
             rows.append(_manifest_row(uri, stat.st_size, str(stat.st_mtime_ns)))
@@ -98,7 +112,7 @@ def _list_local(root: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _list_s3(fs: fsspec.AbstractFileSystem, uri: str) -> list[dict[str, Any]]:
+def _list_s3(fs: fsspec.AbstractFileSystem, uri: str, extensions: frozenset[str]) -> list[dict[str, Any]]:
     root = uri[len("s3://"):].rstrip("/")
     found = fs.find(root, detail=True)
     if not found and fs.isfile(root):
@@ -108,19 +122,20 @@ def _list_s3(fs: fsspec.AbstractFileSystem, uri: str) -> list[dict[str, Any]]:
         if info.get("type") != "file":
             continue
         name = key.rsplit("/", 1)[-1]
-        if key != root and not _wanted(name, lambda: fs.cat_file(key, start=0, end=SNIFF_BYTES)):
+        if key != root and not _wanted(name, lambda: fs.cat_file(key, start=0, end=SNIFF_BYTES), extensions):
             continue
         etag = str(info.get("ETag") or info.get("etag") or info.get("LastModified") or "").strip('"')
         rows.append(_manifest_row(f"s3://{key}", int(info.get("size") or 0), etag))
     return rows
 
 
-def list_videos(source: str, storage_options: dict[str, Any]) -> pa.Table:
+def list_videos(source: str, storage_options: dict[str, Any],
+                extensions: frozenset[str] = VIDEO_EXTENSIONS) -> pa.Table:
     """The manifest for ``source``: a local file or folder, or an s3:// prefix (recursive)."""
     fs = filesystem_for(source, storage_options)
     if source.startswith("s3://"):
         try:
-            rows = _list_s3(fs, source)
+            rows = _list_s3(fs, source, extensions)
         except FileNotFoundError as exc:
             raise SourceError(f"source not found: {source}") from exc
         if not rows and not fs.exists(source[len("s3://"):]):
@@ -129,7 +144,7 @@ def list_videos(source: str, storage_options: dict[str, Any]) -> pa.Table:
     root = Path(source.removeprefix("file://")).expanduser()
     if not root.exists():
         raise SourceError(f"source not found: {source}")
-    return to_table(_list_local(root), MANIFEST_SCHEMA)
+    return to_table(_list_local(root, extensions), MANIFEST_SCHEMA)
 
 
 def read_video_bytes(batch: pa.Table, storage_options: dict[str, Any], max_bytes: int) -> pa.Table:

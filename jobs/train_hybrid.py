@@ -1,0 +1,248 @@
+"""The hybrid detector's training job on Ray Train, recorded and registered in MLflow.
+
+    fakescan train hybrid --data PREPARED --out OUT [--workers 2] [--epochs 5] [--mode adversarial]
+
+- ``TorchTrainer``: DDP over gloo on CPU, NCCL on GPU; each worker reads its own shard of
+  the train split through Ray Data.
+- Every epoch, rank 0 validates (clean, JPEG 50, PGD), writes a checkpoint to the run's
+  storage (local or s3://) and logs to MLflow. A killed worker restarts the worker group
+  from the last checkpoint (``FailureConfig``) and keeps logging into the same MLflow run;
+  rerunning the same command after the job itself died resumes the same way.
+- At the end the model is logged to that run and registered (default ``fakescan-hybrid``).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from detector.adversarial import StepConfig, TrainStep, bare
+from detector.attacks import PGDConfig, UNetAttacker
+from detector.hybrid import HYBRID_CONFIGS, create_hybrid, preprocess_crops
+from detector.robustness import scenario_metrics
+from detector.weights import load_state, load_weights, save_weights
+from jobs import tracking
+from pipelines.dataset import decode_images, read_split
+from pipelines.sources import SourceError, arrow_filesystem_for
+
+WEIGHTS_FILE = tracking.WEIGHTS_ARTIFACT
+STATE_FILE = "train_state.pt"
+
+
+@dataclass
+class HybridTrainConfig:
+    data: str
+    out: str
+    storage: str | None = None
+    name: str | None = None
+    model: str = "hybrid_b0"
+    mode: str = "adversarial"
+    workers: int = 2
+    epochs: int = 5
+    batch_size: int = 32
+    lr: float = 3e-4
+    pgd_steps: int = 10
+    val_limit: int = 2000
+    val_pgd_limit: int = 256
+    use_gpu: bool | None = None
+    max_failures: int = 3
+    tracking_uri: str | None = None
+    experiment: str = "fakescan-hybrid"
+    register_as: str = "fakescan-hybrid"
+    alias: str | None = None
+    s3_endpoint: str | None = None
+    seed: int = 0
+
+    @property
+    def run_name(self) -> str:
+        return self.name or f"hybrid-{self.model}-{self.mode}"
+
+
+def augment(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    flip = torch.rand(len(pixels), generator=generator) < 0.5
+    pixels[flip] = pixels[flip].flip(-1)
+    return pixels
+
+
+def load_checkpoint(model: torch.nn.Module) -> tuple[int, dict | None]:
+    """The epoch to start from and the optimiser state, from Ray Train's latest checkpoint."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0, None
+    with checkpoint.as_directory() as folder:
+        load_state(model, load_weights(str(Path(folder) / WEIGHTS_FILE))[0], source="checkpoint")
+        state = torch.load(Path(folder) / STATE_FILE, weights_only=True)
+    return state["epoch"] + 1, state
+
+
+def save_checkpoint(folder: Path, model: torch.nn.Module, step: TrainStep, epoch: int, metadata: dict[str, str]) -> None:
+    save_weights(model, folder / WEIGHTS_FILE, dict(metadata, epoch=str(epoch)))
+    torch.save({"epoch": epoch, "step": step.state_dict()}, folder / STATE_FILE)
+
+
+def train_loop(cfg: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker."""
+    import ray.train
+    import ray.train.torch
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    rank = ray.train.get_context().get_world_rank()
+    world = ray.train.get_context().get_world_size()
+    torch.manual_seed(cfg["seed"] + rank)
+    torch.set_num_threads(cfg["threads"])
+    generator = torch.Generator().manual_seed(cfg["seed"] + 1000 * rank)
+    model, info = create_hybrid(cfg["model"])
+    attacker = UNetAttacker() if cfg["mode"] == "adversarial" else None
+    start_epoch, state = load_checkpoint(model)
+    if state is not None and attacker is not None:
+        attacker.load_state_dict(state["step"]["attacker"])
+    model = ray.train.torch.prepare_model(model)
+    # DDP on the attacker too, so that every worker's attacker takes the same steps.
+    attacker = ray.train.torch.prepare_model(attacker) if attacker is not None else None
+    step = TrainStep(model, attacker, StepConfig(cfg["mode"], PGDConfig(iterations=cfg["pgd_steps"])), cfg["lr"])
+    if state is not None:
+        step.load_state_dict(state["step"])
+    device = ray.train.torch.get_device()
+    metadata = {"name": cfg["register_as"], "version": f"{cfg['mlflow_run_id'][:8]}", "trained": "true",
+                "config": json.dumps(info.config.to_dict()), "mode": cfg["mode"], "source": cfg["run_name"]}
+    if rank == 0:
+        # A client, not mlflow.start_run: the run belongs to the job, and a worker that exits
+        # (or is killed) must not end it.
+        client = MlflowClient(cfg["tracking_uri"])
+        if start_epoch:
+            client.set_tag(cfg["mlflow_run_id"], "fakescan.resumed_from_epoch", str(start_epoch))
+        fs = arrow_filesystem_for(cfg["data"], cfg["s3_endpoint"])
+        val_crops, val_labels = read_split(f"{cfg['data']}/crops", "val", fs, cfg["val_limit"], cfg["seed"])
+
+    shard = ray.train.get_dataset_shard("train")
+    for epoch in range(start_epoch, cfg["epochs"]):
+        sums: dict[str, float] = defaultdict(float)
+        batches = samples = 0
+        started = time.perf_counter()
+        for batch in shard.iter_batches(batch_size=cfg["batch_size"], batch_format="numpy"):
+            pixels = augment(preprocess_crops(batch["pixels"], info.config.img_size), generator).to(device)
+            for key, value in step(pixels, torch.as_tensor(batch["label"]).to(device)).items():
+                sums[key] += value
+            batches, samples = batches + 1, samples + len(pixels)
+        elapsed = time.perf_counter() - started
+        metrics = {f"train_{k}" if not k.startswith("train_") else k: v / max(batches, 1) for k, v in sums.items()}
+        # Each worker sees its own shard at about the same pace: the job's rate is world × this one's.
+        metrics.update(epoch=epoch, samples_per_s=world * samples / max(elapsed, 1e-9), epoch_seconds=elapsed)
+        checkpoint = None
+        if rank == 0:
+            pgd = PGDConfig(iterations=cfg["pgd_steps"] or PGDConfig().iterations)
+            metrics.update({f"val_{k}": v for k, v in scenario_metrics(
+                bare(model), val_crops, val_labels, pgd, cfg["val_pgd_limit"]).items()})
+            now = int(time.time() * 1000)
+            client.log_batch(cfg["mlflow_run_id"], metrics=[Metric(k, float(v), now, epoch)
+                                                             for k, v in metrics.items() if v == v])
+            folder = Path(tempfile.mkdtemp(prefix="fakescan-ckpt-"))
+            save_checkpoint(folder, bare(model), step, epoch, metadata)
+            checkpoint = ray.train.Checkpoint.from_directory(str(folder))
+        ray.train.report(metrics, checkpoint=checkpoint)
+        if checkpoint is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def worker_resources(workers: int, use_gpu: bool) -> tuple[dict[str, float], int]:
+    """Ray CPUs per worker, and torch threads per worker.
+
+    The reservation leaves a whole CPU to Ray Data, whose shuffle tasks each ask for one:
+    2 workers at 1 CPU on 2 cores would starve them and hang without an error.
+    """
+    import ray
+
+    total = ray.cluster_resources().get("CPU", 1)
+    cpus = max(0.25, min(4.0, (total - 1) / workers))
+    resources = {"CPU": cpus}
+    if use_gpu:
+        resources["GPU"] = 1
+    return resources, max(1, int(total // workers))
+
+
+def run_train_hybrid(config: HybridTrainConfig) -> dict[str, Any]:
+    import ray
+    import ray.data
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from jobs.scan import init_ray, quiet_ray_data
+
+    if config.model not in HYBRID_CONFIGS:
+        raise SourceError(f"unknown model config {config.model!r}; choose from {', '.join(HYBRID_CONFIGS)}")
+    out = Path(config.out).absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    data_fs = arrow_filesystem_for(config.data, config.s3_endpoint)
+    crops = f"{config.data.rstrip('/')}/crops"
+    train_probe = read_split(crops, "train", data_fs, limit=1)
+    if not len(train_probe[1]):
+        raise SourceError(f"no training crops in {crops}: run fakescan prepare first")
+    tracking_uri = tracking.tracking_uri_or_default(config.tracking_uri, out)
+    experiment_id = tracking.ensure_experiment(tracking_uri, config.experiment, out / "mlartifacts")
+    params = {k: v for k, v in asdict(config).items() if v is not None and k not in ("tracking_uri",)}
+    run_id = tracking.start_or_resume_run(tracking_uri, experiment_id, config.run_name, params)
+
+    init_ray()
+    quiet_ray_data()
+    use_gpu = config.use_gpu if config.use_gpu is not None else ray.cluster_resources().get("GPU", 0) >= config.workers
+    resources, threads = worker_resources(config.workers, use_gpu)
+    train = ray.data.read_parquet(crops.removeprefix("s3://") if data_fs else crops, filesystem=data_fs,
+                                  columns=["split", "label", "image"])
+    train = train.filter(expr="split == 'train'").random_shuffle(seed=None).map_batches(
+        decode_images, batch_size=64, batch_format="pyarrow", num_cpus=0.25)
+    storage = config.storage or str(out / "checkpoints")
+    loop_config = dict(asdict(config), threads=threads, mlflow_run_id=run_id, tracking_uri=tracking_uri,
+                       run_name=config.run_name)
+    trainer = TorchTrainer(
+        train_loop, train_loop_config=loop_config, datasets={"train": train},
+        scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(name=config.run_name, storage_path=storage.removeprefix("s3://") if storage.startswith(
+            "s3://") else storage, storage_filesystem=arrow_filesystem_for(storage, config.s3_endpoint),
+            failure_config=FailureConfig(max_failures=config.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2)),
+    )
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    try:
+        result = trainer.fit()
+    except Exception:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    if result.checkpoint is None:
+        raise RuntimeError("training ended without a checkpoint")
+    model_dir = out / "model"
+    model_dir.mkdir(exist_ok=True)
+    with result.checkpoint.as_directory() as folder:
+        shutil.copy(Path(folder) / WEIGHTS_FILE, model_dir / WEIGHTS_FILE)
+    metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
+    card = model_card(config, metrics, run_id)
+    (model_dir / "MODEL_CARD.md").write_text(card)
+    version = tracking.log_and_register_model(
+        tracking_uri, run_id, model_dir / WEIGHTS_FILE, card, config.register_as, config.alias,
+        tags={"mode": config.mode, "model": config.model, **{k: f"{v:.4f}" for k, v in metrics.items()
+                                                              if k.startswith("val_")}})
+    client.set_terminated(run_id, status="FINISHED")
+    return {"run_id": run_id, "tracking_uri": tracking_uri, "model": f"models:/{config.register_as}/{version}",
+            "weights": str(model_dir / WEIGHTS_FILE), "metrics": metrics}
+
+
+def model_card(config: HybridTrainConfig, metrics: dict[str, float], run_id: str) -> str:
+    lines = [f"# {config.register_as} ({config.model}, {config.mode})", "",
+             f"Trained by `fakescan train hybrid` on `{config.data}`; MLflow run `{run_id}`.", "",
+             "| setting | value |", "| --- | --- |"]
+    lines += [f"| {k} | {v} |" for k, v in asdict(config).items() if k not in ("tracking_uri",)]
+    lines += ["", "Final epoch, validation split:", "", "| metric | value |", "| --- | --- |"]
+    lines += [f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items())]
+    return "\n".join(lines) + "\n"
+
