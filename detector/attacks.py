@@ -6,7 +6,7 @@ so an ε of 8/255 means 8 grey levels, whatever the model's mean and std.
 - ``pgd_attack``: L∞ projected gradient ascent with a random start.
 - ``UNetAttacker``: a tiny U-Net whose output δ = ε·tanh(·) is trained to raise the
   detector's loss, with a total-variation penalty (no speckle) and a penalty on the
-  share of δ's energy at very low spatial frequencies (no broad washes that
+  energy of δ at very low spatial frequencies (no broad washes that
   compression would flatten anyway).
 """
 from __future__ import annotations
@@ -113,19 +113,19 @@ def total_variation(delta: torch.Tensor) -> torch.Tensor:
     return dx + dy
 
 
-def low_frequency_share(delta: torch.Tensor, cutoff: float = 0.1) -> torch.Tensor:
-    """Share of δ's spectral energy at radius ≤ ``cutoff``·Nyquist, DC included, in [0, 1].
+def low_frequency_energy(delta: torch.Tensor, cutoff: float = 0.1, scale: float = 1.0) -> torch.Tensor:
+    """Mean squared amplitude of δ's components at radius ≤ ``cutoff``·Nyquist (DC included),
+    in units of ``scale``²: with scale = ε, 1.0 is a uniform wash at the full budget.
 
-    A share rather than an absolute energy, so the penalty shapes where the attacker puts
-    its budget without simply asking it to be small.
+    Parseval makes this the energy of δ's low-pass part, so high-frequency energy costs
+    nothing here and the attacker stays free to spend its budget there.
     """
     h, w = delta.shape[-2:]
     power = torch.fft.fft2(delta.float(), norm="ortho").abs().square()
     fy = torch.fft.fftfreq(h, device=delta.device).abs().view(-1, 1) / 0.5
     fx = torch.fft.fftfreq(w, device=delta.device).abs().view(1, -1) / 0.5
     low = (fy.square() + fx.square()).sqrt() <= cutoff
-    total = power.sum(dim=(-2, -1)).clamp_min(1e-12)
-    return ((power * low).sum(dim=(-2, -1)) / total).mean()
+    return (power * low).sum(dim=(-2, -1)).mean() / (h * w) / scale**2
 
 
 @dataclass
@@ -144,6 +144,6 @@ def unet_attacker_loss(detector: nn.Module, attacker: nn.Module, pixels: torch.T
     attacked = (pixels + delta).clamp(0.0, 1.0)
     adversarial = detector_loss(detector(attacked), labels)
     tv = total_variation(delta) / config.eps
-    low = low_frequency_share(delta, config.low_freq_cutoff)
+    low = low_frequency_energy(delta, config.low_freq_cutoff, config.eps)
     total = -adversarial + config.tv_weight * tv + config.low_freq_weight * low
     return AttackerLoss(total, adversarial.detach(), tv.detach(), low.detach())

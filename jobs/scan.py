@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 
 from detector.faces import FaceCropConfig
 from detector.verdict import AGGREGATIONS, Bands
+from jobs.tracking import fetch_registered_weights
 from pipelines.decode import DecodeConfig, decode_videos
 from pipelines.faces import CropFaces
 from pipelines.rows import MANIFEST_SCHEMA
@@ -60,6 +61,7 @@ class ScanConfig:
     faces_gpus: float = 0.25
     score_gpus: float = 0.25
     progress: bool = True
+    tracking_uri: str | None = None
 
 
 @dataclass
@@ -127,7 +129,8 @@ def pool_size(per_actor_cpus: float, share: float) -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1) * share / per_actor_cpus))
 
 
-def build_dataset(config: ScanConfig, todo: pa.Table, storage_options: dict[str, Any], run_id: str):
+def build_dataset(config: ScanConfig, todo: pa.Table, storage_options: dict[str, Any], run_id: str,
+                  model_kwargs: dict[str, Any]):
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -145,7 +148,7 @@ def build_dataset(config: ScanConfig, todo: pa.Table, storage_options: dict[str,
     ds = ds.map_batches(CropFaces, fn_constructor_kwargs={"config": faces_config}, batch_size=1,
                         compute=ActorPoolStrategy(min_size=1, max_size=pool_size(config.faces_cpus, 0.5)),
                         num_cpus=config.faces_cpus, num_gpus=config.faces_gpus if has_gpu else 0, **common)
-    ds = ds.map_batches(ScoreFaces, fn_constructor_kwargs={"model_spec": config.model}, batch_size=4,
+    ds = ds.map_batches(ScoreFaces, fn_constructor_kwargs=model_kwargs, batch_size=4,
                         compute=ActorPoolStrategy(min_size=1, max_size=pool_size(config.score_cpus, 0.25)),
                         num_cpus=config.score_cpus, num_gpus=config.score_gpus if has_gpu else 0, **common)
     return ds.map_batches(build_verdicts, fn_kwargs={"aggregation": config.aggregation, "bands": Bands(),
@@ -159,8 +162,13 @@ def run_scan(config: ScanConfig) -> ScanSummary:
     src_options = storage_options_for(config.source, config.s3_endpoint)
     out_options = storage_options_for(config.out, config.s3_endpoint)
     manifest = list_videos(config.source, src_options)
+    model_kwargs: dict[str, Any] = {"model_spec": config.model}
+    if config.model.startswith("models:/"):
+        # Fetched once here and shipped to every actor: workers need no access to MLflow.
+        registered = fetch_registered_weights(config.model, config.tracking_uri)
+        model_kwargs.update(weights=registered.data, version=registered.version)
     # Built once here too, so that a bad --model fails in one line before Ray starts.
-    _, model_info = load_hybrid(config.model)
+    _, model_info = load_hybrid(config.model, weights=model_kwargs.get("weights"), version=model_kwargs.get("version"))
     check_destination(config.out, out_options)
     if not model_info.trained:
         print(f"fakescan: warning: model {model_info.name} has no trained weights; every verdict is "
@@ -181,7 +189,7 @@ def run_scan(config: ScanConfig) -> ScanSummary:
         from tqdm import tqdm
 
         init_ray()
-        ds = build_dataset(config, todo.cast(MANIFEST_SCHEMA), src_options, run_id)
+        ds = build_dataset(config, todo.cast(MANIFEST_SCHEMA), src_options, run_id, model_kwargs)
         with tqdm(total=todo.num_rows, unit="video", desc="scan", file=sys.stderr, disable=not config.progress,
                   mininterval=1.0 if sys.stderr.isatty() else 10.0) as bar:
             for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):

@@ -43,6 +43,7 @@ class HybridTrainConfig:
     storage: str | None = None
     name: str | None = None
     model: str = "hybrid_b0"
+    init: str | None = None  # weights to start from (e.g. a baseline model to harden)
     mode: str = "adversarial"
     workers: int = 2
     epochs: int = 5
@@ -101,7 +102,7 @@ def train_loop(cfg: dict[str, Any]) -> None:
     torch.manual_seed(cfg["seed"] + rank)
     torch.set_num_threads(cfg["threads"])
     generator = torch.Generator().manual_seed(cfg["seed"] + 1000 * rank)
-    model, info = create_hybrid(cfg["model"])
+    model, info = create_hybrid(cfg["model"], weights=cfg["init"])
     attacker = UNetAttacker() if cfg["mode"] == "adversarial" else None
     start_epoch, state = load_checkpoint(model)
     if state is not None and attacker is not None:
