@@ -6,6 +6,8 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -25,27 +27,62 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class RayCluster:
+    address: str
+    temp_dir: Path  # every process of this cluster logs under it
+
+    def worker_pids(self, actor_class: str) -> list[int]:
+        """PIDs of this cluster's worker processes running ``actor_class`` (other clusters on the
+        machine are left out: a worker's stdout is a log file under this cluster's temp dir)."""
+        found = subprocess.run(["pgrep", "-f", f"ray::{actor_class}"], capture_output=True, text=True).stdout.split()
+        pids = []
+        for pid in map(int, found):
+            try:
+                if os.readlink(f"/proc/{pid}/fd/1").startswith(str(self.temp_dir)):
+                    pids.append(pid)
+            except OSError:
+                continue
+        return pids
+
+
 @pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory):
-    """A 2-CPU Ray head on 127.0.0.1 that every scan in the session attaches to via RAY_ADDRESS."""
+    """A 2-CPU Ray head on 127.0.0.1 that every scan in the session attaches to via RAY_ADDRESS.
+
+    ``ray start --block`` stays in the foreground and takes its own processes down when
+    terminated, so the suite never stops a Ray cluster that it did not start (``ray stop``
+    would stop every cluster on the machine).
+    """
     ray_bin = str(Path(sys.executable).parent / "ray")
     port = free_port()
     temp_dir = tmp_path_factory.mktemp("ray")
-    subprocess.run(
-        [ray_bin, "start", "--head", "--num-cpus", "2", "--num-gpus", "0", "--port", str(port),
+    log = (temp_dir / "ray-start.log").open("w")
+    head = subprocess.Popen(
+        [ray_bin, "start", "--head", "--block", "--num-cpus", "2", "--num-gpus", "0", "--port", str(port),
          "--node-ip-address", "127.0.0.1", "--include-dashboard", "false", "--disable-usage-stats",
          "--temp-dir", str(temp_dir)],
-        check=True, capture_output=True,
+        stdout=log, stderr=subprocess.STDOUT,
     )
+    deadline = time.monotonic() + 90
+    while "Ray runtime started" not in (temp_dir / "ray-start.log").read_text():
+        assert head.poll() is None, (temp_dir / "ray-start.log").read_text()[-2000:]
+        assert time.monotonic() < deadline, "ray start --head took over 90 s"
+        time.sleep(0.5)
     address = f"127.0.0.1:{port}"
     old = os.environ.get("RAY_ADDRESS")
     os.environ["RAY_ADDRESS"] = address
-    yield address
+    yield RayCluster(address, temp_dir)
     import ray
 
     if ray.is_initialized():
         ray.shutdown()
-    subprocess.run([ray_bin, "stop", "--force"], capture_output=True)
+    head.terminate()
+    try:
+        head.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        head.kill()
+    log.close()
     if old is None:
         os.environ.pop("RAY_ADDRESS", None)
     else:
