@@ -39,6 +39,8 @@ def scenario_metrics(model: nn.Module, crops: np.ndarray, labels: np.ndarray, pg
     PGD runs on the first ``pgd_limit`` crops only: it costs ``iterations`` forward and
     backward passes per crop.
     """
+    if len(crops) == 0:
+        return {}
     was_training = model.training
     model.eval()
     size = img_size or model.config.img_size

@@ -29,7 +29,7 @@ from detector.hybrid import HYBRID_CONFIGS, create_hybrid, preprocess_crops
 from detector.robustness import scenario_metrics
 from detector.weights import load_state, load_weights, save_weights
 from jobs import tracking
-from pipelines.dataset import decode_images, read_split
+from pipelines.dataset import count_split, decode_images, read_split
 from pipelines.sources import SourceError, arrow_filesystem_for
 
 WEIGHTS_FILE = tracking.WEIGHTS_ARTIFACT
@@ -185,8 +185,11 @@ def run_train_hybrid(config: HybridTrainConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     data_fs = arrow_filesystem_for(config.data, config.s3_endpoint)
     crops = f"{config.data.rstrip('/')}/crops"
-    train_probe = read_split(crops, "train", data_fs, limit=1)
-    if not len(train_probe[1]):
+    try:
+        n_train = count_split(crops, "train", data_fs)
+    except FileNotFoundError:
+        n_train = 0
+    if not n_train:
         raise SourceError(f"no training crops in {crops}: run fakescan prepare first")
     tracking_uri = tracking.tracking_uri_or_default(config.tracking_uri, out)
     experiment_id = tracking.ensure_experiment(tracking_uri, config.experiment, out / "mlartifacts")

@@ -213,6 +213,14 @@ def decode_images(batch: pa.Table) -> dict[str, np.ndarray]:
             "label": batch["label"].to_numpy().astype(np.float32)}
 
 
+def count_split(path: str, split: str, filesystem=None) -> int:
+    import pyarrow.dataset as pads
+
+    dataset = pads.dataset(path.removeprefix("s3://") if filesystem else path, format="parquet",
+                           filesystem=filesystem, schema=CROP_SCHEMA)
+    return dataset.count_rows(filter=pc.field("split") == split)
+
+
 def read_split(path: str, split: str, filesystem=None, limit: int | None = None,
                seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Crops and labels of one split, in a seeded random order (so any prefix is a fair sample)."""

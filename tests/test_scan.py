@@ -148,3 +148,15 @@ def test_limit_scans_only_that_many_new_videos(ray_cluster, short_face_video, no
     rest = run_fakescan("scan", str(src), "--out", str(out), *SCAN)
     assert "scanned 1 of 3 videos (2 already done)" in rest.stdout
     assert read_verdicts(out)["video_id"].is_unique and len(read_verdicts(out)) == 3
+
+
+def test_default_model_is_the_bundled_trained_starter(ray_cluster, short_face_video, tmp_path):
+    result = run_fakescan("scan", str(short_face_video), "--out", str(tmp_path / "out"), "--frames", "4",
+                          "--no-progress")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "no trained weights" not in result.stderr
+    verdict = pd.read_parquet(tmp_path / "out" / "verdicts").iloc[0]
+    assert verdict["model_name"] == "fakescan-hybrid" and verdict["model_trained"]
+    assert 0.0 <= verdict["p_fake"] <= 1.0
+    faces = pd.read_parquet(tmp_path / "out" / "faces")
+    assert faces["hybrid_p_fake"].notna().all()
