@@ -162,13 +162,13 @@ def run_scan(config: ScanConfig) -> ScanSummary:
     src_options = storage_options_for(config.source, config.s3_endpoint)
     out_options = storage_options_for(config.out, config.s3_endpoint)
     manifest = list_videos(config.source, src_options)
-    model_kwargs: dict[str, Any] = {"model_spec": config.model}
+    registered: dict[str, Any] = {}
     if config.model.startswith("models:/"):
         # Fetched once here and shipped to every actor: workers need no access to MLflow.
-        registered = fetch_registered_weights(config.model, config.tracking_uri)
-        model_kwargs.update(weights=registered.data, version=registered.version)
+        found = fetch_registered_weights(config.model, config.tracking_uri)
+        registered = {"weights": found.data, "name": found.name, "version": found.version}
     # Built once here too, so that a bad --model fails in one line before Ray starts.
-    _, model_info = load_hybrid(config.model, weights=model_kwargs.get("weights"), version=model_kwargs.get("version"))
+    _, model_info = load_hybrid(config.model, **registered)
     check_destination(config.out, out_options)
     if not model_info.trained:
         print(f"fakescan: warning: model {model_info.name} has no trained weights; every verdict is "
@@ -189,7 +189,8 @@ def run_scan(config: ScanConfig) -> ScanSummary:
         from tqdm import tqdm
 
         init_ray()
-        ds = build_dataset(config, todo.cast(MANIFEST_SCHEMA), src_options, run_id, model_kwargs)
+        ds = build_dataset(config, todo.cast(MANIFEST_SCHEMA), src_options, run_id,
+                           {"model_spec": config.model, **registered})
         with tqdm(total=todo.num_rows, unit="video", desc="scan", file=sys.stderr, disable=not config.progress,
                   mininterval=1.0 if sys.stderr.isatty() else 10.0) as bar:
             for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):

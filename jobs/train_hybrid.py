@@ -200,7 +200,7 @@ def run_train_hybrid(config: HybridTrainConfig) -> dict[str, Any]:
     quiet_ray_data()
     use_gpu = config.use_gpu if config.use_gpu is not None else ray.cluster_resources().get("GPU", 0) >= config.workers
     resources, threads = worker_resources(config.workers, use_gpu)
-    train = ray.data.read_parquet(crops.removeprefix("s3://") if data_fs else crops, filesystem=data_fs,
+    train = ray.data.read_parquet(crops.removeprefix("s3://"), filesystem=data_fs,
                                   columns=["split", "label", "image"])
     train = train.filter(expr="split == 'train'").random_shuffle(seed=None).map_batches(
         decode_images, batch_size=64, batch_format="pyarrow", num_cpus=0.25)
@@ -210,8 +210,9 @@ def run_train_hybrid(config: HybridTrainConfig) -> dict[str, Any]:
     trainer = TorchTrainer(
         train_loop, train_loop_config=loop_config, datasets={"train": train},
         scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=use_gpu, resources_per_worker=resources),
-        run_config=RunConfig(name=config.run_name, storage_path=storage.removeprefix("s3://") if storage.startswith(
-            "s3://") else storage, storage_filesystem=arrow_filesystem_for(storage, config.s3_endpoint),
+        # With an explicit pyarrow filesystem, Ray wants the path without its scheme.
+        run_config=RunConfig(name=config.run_name, storage_path=storage.removeprefix("s3://"),
+            storage_filesystem=arrow_filesystem_for(storage, config.s3_endpoint),
             failure_config=FailureConfig(max_failures=config.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2)),
     )

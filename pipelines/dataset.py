@@ -216,7 +216,7 @@ def decode_images(batch: pa.Table) -> dict[str, np.ndarray]:
 def count_split(path: str, split: str, filesystem=None) -> int:
     import pyarrow.dataset as pads
 
-    dataset = pads.dataset(path.removeprefix("s3://") if filesystem else path, format="parquet",
+    dataset = pads.dataset(path.removeprefix("s3://"), format="parquet",
                            filesystem=filesystem, schema=CROP_SCHEMA)
     return dataset.count_rows(filter=pc.field("split") == split)
 
@@ -226,7 +226,7 @@ def read_split(path: str, split: str, filesystem=None, limit: int | None = None,
     """Crops and labels of one split, in a seeded random order (so any prefix is a fair sample)."""
     import pyarrow.dataset as pads
 
-    table = pads.dataset(path.removeprefix("s3://") if filesystem else path, format="parquet",
+    table = pads.dataset(path.removeprefix("s3://"), format="parquet",
                          filesystem=filesystem, schema=CROP_SCHEMA).to_table(
         columns=["crop_id", "label", "image"], filter=pc.field("split") == split).sort_by("crop_id")
     order = np.random.default_rng(seed).permutation(table.num_rows)[:limit]

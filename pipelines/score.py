@@ -11,24 +11,24 @@ from detector.hybrid import HYBRID_CONFIGS, HybridDetector, ModelInfo, create_hy
 from pipelines.rows import SCORED_SCHEMA, stage_guard, to_table, unpack_array
 
 
-def load_hybrid(spec: str, device: str = "cpu", weights: bytes | None = None,
+def load_hybrid(spec: str, device: str = "cpu", weights: bytes | None = None, name: str | None = None,
                 version: str | None = None) -> tuple[HybridDetector, ModelInfo]:
     """``spec`` is a config name (random weights, marked untrained), a safetensors path/URI, or a
-    registry URI whose ``weights`` bytes and ``version`` the job fetched once for every actor."""
+    registry URI whose ``weights`` bytes, ``name`` and ``version`` the job fetched once for
+    every actor."""
     if weights is not None:
         model, info = create_hybrid("hybrid_b0", weights=weights, device=device)
-        return model, replace(info, name=spec.removeprefix("models:/").split("@")[0].split("/")[0],
-                              version=version or info.version, source=spec)
+        return model, replace(info, name=name or info.name, version=version or info.version, source=spec)
     if spec in HYBRID_CONFIGS:
         return create_hybrid(spec, device=device)
     return create_hybrid("hybrid_b0", weights=spec, device=device)
 
 
 class ScoreFaces:
-    def __init__(self, model_spec: str, weights: bytes | None = None, version: str | None = None,
-                 batch_size: int = 64, device: str | None = None) -> None:
+    def __init__(self, model_spec: str, weights: bytes | None = None, name: str | None = None,
+                 version: str | None = None, batch_size: int = 64, device: str | None = None) -> None:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.model, self.info = load_hybrid(model_spec, self.device, weights, version)
+        self.model, self.info = load_hybrid(model_spec, self.device, weights, name, version)
         self.model.eval()
         self.batch_size = batch_size
 
