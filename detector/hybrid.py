@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from detector.calibration import Calibration
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -61,6 +63,7 @@ class ModelInfo:
     trained: bool
     source: str
     config: HybridConfig
+    calibration: Calibration = field(default_factory=Calibration)
 
 
 def backbone_feature_shape(backbone: str, img_size: int) -> tuple[int, int, int]:
@@ -147,6 +150,7 @@ def create_hybrid(
         name=metadata.get("name", config.name), version=metadata.get("version", "unversioned"),
         trained=metadata.get("trained", "false") == "true",
         source=metadata.get("source", "bytes") if isinstance(weights, bytes) else str(weights), config=config,
+        calibration=Calibration.from_metadata(metadata),
     )
     return model.to(device).eval(), info
 

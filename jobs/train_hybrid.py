@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -26,7 +27,8 @@ import torch
 from detector.adversarial import StepConfig, TrainStep, bare
 from detector.attacks import PGDConfig, UNetAttacker
 from detector.hybrid import HYBRID_CONFIGS, create_hybrid, preprocess_crops
-from detector.robustness import scenario_metrics
+from detector.calibration import Calibration, fit_calibration
+from detector.robustness import logits_of, scenario_metrics
 from detector.weights import load_state, load_weights, save_weights
 from jobs import tracking
 from pipelines.dataset import count_split, decode_images, read_split
@@ -231,6 +233,8 @@ def run_train_hybrid(config: HybridTrainConfig) -> dict[str, Any]:
     with result.checkpoint.as_directory() as folder:
         shutil.copy(Path(folder) / WEIGHTS_FILE, model_dir / WEIGHTS_FILE)
     metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
+    calibration = calibrate_weights(model_dir / WEIGHTS_FILE, crops, data_fs, config.val_limit, config.seed)
+    metrics.update(calibration_temperature=calibration.temperature, calibration_bias=calibration.bias)
     card = model_card(config, metrics, run_id)
     (model_dir / "MODEL_CARD.md").write_text(card)
     version = tracking.log_and_register_model(
@@ -240,6 +244,20 @@ def run_train_hybrid(config: HybridTrainConfig) -> dict[str, Any]:
     client.set_terminated(run_id, status="FINISHED")
     return {"run_id": run_id, "tracking_uri": tracking_uri, "model": f"models:/{config.register_as}/{version}",
             "weights": str(model_dir / WEIGHTS_FILE), "metrics": metrics}
+
+
+def calibrate_weights(weights: Path, crops: str, filesystem, limit: int, seed: int) -> Calibration:
+    """Fit the model's calibration on the val split and store it in the weights' metadata."""
+    model, _ = create_hybrid(weights=str(weights))
+    val_crops, val_labels = read_split(crops, "val", filesystem, limit, seed)
+    if len(set(val_labels.tolist())) < 2:
+        print("fakescan: warning: the val split lacks real or fake crops; the model stays uncalibrated",
+              file=sys.stderr)
+        return Calibration()
+    calibration = fit_calibration(logits_of(model, preprocess_crops(val_crops, model.config.img_size)), val_labels)
+    state, metadata = load_weights(str(weights))
+    save_weights(model, weights, {**metadata, **calibration.to_metadata()}, dtype=next(iter(state.values())).dtype)
+    return calibration
 
 
 def model_card(config: HybridTrainConfig, metrics: dict[str, float], run_id: str) -> str:

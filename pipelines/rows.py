@@ -48,6 +48,9 @@ SCORES = [
     pa.field("model_name", pa.string()),
     pa.field("model_version", pa.string()),
     pa.field("model_trained", pa.bool_()),
+    # p = sigmoid(logit / temperature + bias), fitted on the model's validation set.
+    pa.field("calibration_temperature", pa.float64()),
+    pa.field("calibration_bias", pa.float64()),
 ]
 
 MANIFEST_SCHEMA = pa.schema(BASE)

@@ -44,7 +44,9 @@ class ScoreFaces:
         rows = batch.to_pylist()
         for row in rows:
             crops, size = row.pop("crops", None), row.pop("crop_size", None)
-            row.update(model_name=self.info.name, model_version=self.info.version, model_trained=self.info.trained)
+            row.update(model_name=self.info.name, model_version=self.info.version, model_trained=self.info.trained,
+                       calibration_temperature=self.info.calibration.temperature,
+                       calibration_bias=self.info.calibration.bias)
             if row["status"] != "pending":
                 continue
             with stage_guard(row, "score"):

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from detector.calibration import Calibration
 from detector.verdict import Bands, aggregate, sigmoid
 from pipelines.rows import BASE, VIDEO, mark_error, one_line, to_table
 
@@ -63,11 +64,12 @@ def verdict_for(row: dict[str, Any], aggregation: str, bands: Bands) -> dict[str
         row["label"] = "no_face"
     else:
         row["status"] = "ok"
-        p_face = sigmoid(logits)
-        row["hybrid_score"] = aggregate(p_face, np.asarray(frames), aggregation)
+        row["hybrid_score"] = aggregate(sigmoid(logits), np.asarray(frames), aggregation)
         if row.get("model_trained"):
+            calibration = Calibration(row.get("calibration_temperature") or 1.0, row.get("calibration_bias") or 0.0)
+            p_face = calibration.probability(logits)
             row["face_p_fake"] = p_face.tolist()
-            row["p_fake"] = row["hybrid_score"]
+            row["p_fake"] = aggregate(p_face, np.asarray(frames), aggregation)
             row["label"] = bands.label(row["p_fake"])
         else:
             row["label"] = "uncertain"
