@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import psutil
-import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 

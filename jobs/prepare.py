@@ -19,7 +19,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from detector.faces import FaceCropConfig
 from pipelines.dataset import (CROP_SCHEMA, PSEUDO_FAKE_KINDS, encode_crops, flatten_crops, list_labelled,
