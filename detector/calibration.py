@@ -57,4 +57,4 @@ def fit_calibration(logits: np.ndarray, labels: np.ndarray, steps: int = 200) ->
     # A detector whose scores rank fakes lower than reals gets no flipped sign here: that is a
     # broken model, not a calibration problem. Keep a small positive slope instead.
     slope = max(float(inverse_t.detach()), 1e-3)
-    return Calibration(1.0 / slope, float(bias), len(x))
+    return Calibration(1.0 / slope, float(bias.detach()), len(x))
