@@ -145,17 +145,17 @@ def run_prepare(config: PrepareConfig) -> PrepareSummary:
         inputs.append(batch.select(["video_id", "status", "error_stage", "error_message"]).append_column(
             "n_crops", pc.list_value_length(batch["crop_rows"]).cast(pa.int32())))
     writer.flush()
-    statuses = pa.concat_tables(inputs) if inputs else None
-    table = labelled.select(["video_id", "uri", "label", "group", "split"]).join(statuses, "video_id")
+    table = labelled.select(["video_id", "uri", "label", "group", "split"]).join(pa.concat_tables(inputs), "video_id")
     table = table.set_column(table.schema.get_field_index("status"), "status", pc.if_else(
         pc.equal(table["status"], "pending"), "ok", table["status"]))
     write_atomic(fs, f"{root}/inputs.parquet", table.select(INPUT_COLUMNS).sort_by("uri"))
 
-    if config.pseudo_fakes:
+    if config.pseudo_fakes and writer.donor_pool().num_rows:  # pseudo-fakes need real crops to start from
         arrow_fs = arrow_filesystem_for(config.out, config.s3_endpoint)
         paths = [p.removeprefix("s3://") for p in writer.paths]
         real_rows = ray.data.read_parquet(paths, filesystem=arrow_fs, schema=CROP_SCHEMA).filter(expr="kind == 'real'")
         donors = load_donors(paths, pick_donors(writer.donor_pool(), config.donors_per_split, config.seed), arrow_fs)
+        # Its counts go into the same per-split tally as the real crops'.
         fakes = PartWriter(fs, f"{root}/crops", "pseudo", config.rows_per_file)
         fakes.counts = writer.counts
         for batch in real_rows.map_batches(make_pseudo_fakes, fn_kwargs={
