@@ -7,7 +7,6 @@ unpickles anything from the registry.
 """
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -29,7 +28,6 @@ class RegisteredWeights:
     data: bytes
     name: str
     version: str
-    uri: str
 
 
 def default_tracking_uri(out: str | Path) -> str:
@@ -135,10 +133,4 @@ def fetch_registered_weights(uri: str, tracking_uri: str | None) -> RegisteredWe
             data = weights.read_bytes()
     except MlflowException as exc:
         raise RegistryError(f"cannot load {uri} from {tracking_uri}: {' '.join(str(exc).split())[:300]}") from None
-    return RegisteredWeights(data, name, str(version.version), uri)
-
-
-def log_summary(tracking_uri: str, run_id: str, summary: dict[str, Any]) -> None:
-    from mlflow.tracking import MlflowClient
-
-    MlflowClient(tracking_uri).log_text(run_id, json.dumps(summary, indent=2, default=str), "summary.json")
+    return RegisteredWeights(data, name, str(version.version))

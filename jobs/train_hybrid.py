@@ -107,8 +107,6 @@ def train_loop(cfg: dict[str, Any]) -> None:
     model, info = create_hybrid(cfg["model"], weights=cfg["init"])
     attacker = UNetAttacker() if cfg["mode"] == "adversarial" else None
     start_epoch, state = load_checkpoint(model)
-    if state is not None and attacker is not None:
-        attacker.load_state_dict(state["step"]["attacker"])
     model = ray.train.torch.prepare_model(model)
     # DDP on the attacker too, so that every worker's attacker takes the same steps.
     attacker = ray.train.torch.prepare_model(attacker) if attacker is not None else None

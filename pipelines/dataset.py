@@ -213,21 +213,21 @@ def decode_images(batch: pa.Table) -> dict[str, np.ndarray]:
             "label": batch["label"].to_numpy().astype(np.float32)}
 
 
-def count_split(path: str, split: str, filesystem=None) -> int:
+def crops_at(path: str, filesystem=None):
+    """The crop parts under ``path`` as one pyarrow dataset (``filesystem``: pyarrow's, for s3://)."""
     import pyarrow.dataset as pads
 
-    dataset = pads.dataset(path.removeprefix("s3://"), format="parquet",
-                           filesystem=filesystem, schema=CROP_SCHEMA)
-    return dataset.count_rows(filter=pc.field("split") == split)
+    return pads.dataset(path.removeprefix("s3://"), format="parquet", filesystem=filesystem, schema=CROP_SCHEMA)
+
+
+def count_split(path: str, split: str, filesystem=None) -> int:
+    return crops_at(path, filesystem).count_rows(filter=pc.field("split") == split)
 
 
 def read_split(path: str, split: str, filesystem=None, limit: int | None = None,
                seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Crops and labels of one split, in a seeded random order (so any prefix is a fair sample)."""
-    import pyarrow.dataset as pads
-
-    table = pads.dataset(path.removeprefix("s3://"), format="parquet",
-                         filesystem=filesystem, schema=CROP_SCHEMA).to_table(
+    table = crops_at(path, filesystem).to_table(
         columns=["crop_id", "label", "image"], filter=pc.field("split") == split).sort_by("crop_id")
     order = np.random.default_rng(seed).permutation(table.num_rows)[:limit]
     table = table.take(pa.array(order, pa.int64()))
