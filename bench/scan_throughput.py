@@ -23,7 +23,6 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from detector.faces import FaceCropConfig  # noqa: E402
-from detector.verdict import Bands  # noqa: E402
 from jobs.samples import fetch_sample_media  # noqa: E402
 from jobs.scan import ScanConfig, run_scan  # noqa: E402
 from pipelines.decode import DecodeConfig, decode_videos  # noqa: E402
@@ -88,7 +87,7 @@ def run_sequential(folder: Path, model: str, frames: int) -> dict[str, float]:
             t0 = time.perf_counter()
             row = stage(row)
             stage_time[name] += time.perf_counter() - t0
-        verdict = build_verdicts(row, "max_face_mean", Bands(), "bench")
+        verdict = build_verdicts(row, "max_face_mean", "bench")
         n_frames += verdict["n_frames"][0].as_py()
         n_faces += verdict["n_faces"][0].as_py()
     elapsed = time.perf_counter() - start

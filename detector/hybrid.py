@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from detector.calibration import Calibration
+from detector.voting import DetectorCalibration
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -64,6 +65,7 @@ class ModelInfo:
     source: str
     config: HybridConfig
     calibration: Calibration = field(default_factory=Calibration)
+    voting: DetectorCalibration | None = None  # bands and reliability from ``fakescan calibrate``
 
 
 def backbone_feature_shape(backbone: str, img_size: int) -> tuple[int, int, int]:
@@ -150,7 +152,7 @@ def create_hybrid(
         name=metadata.get("name", config.name), version=metadata.get("version", "unversioned"),
         trained=metadata.get("trained", "false") == "true",
         source=metadata.get("source", "bytes") if isinstance(weights, bytes) else str(weights), config=config,
-        calibration=Calibration.from_metadata(metadata),
+        calibration=Calibration.from_metadata(metadata), voting=DetectorCalibration.from_metadata(metadata),
     )
     return model.to(device).eval(), info
 

@@ -1,4 +1,4 @@
-"""From per-face fake probabilities to one video verdict.
+"""From per-face scores of every stream to one video verdict.
 
 Frame → video aggregation is a named strategy so that analysts can audit which
 rule produced a label; the raw per-face scores always travel beside it.
@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+
+from detector.voting import StreamCalibration, Vote, combined_probability, weighted_vote
 
 Aggregation = Callable[[np.ndarray, np.ndarray], float]
 
@@ -50,23 +52,72 @@ def aggregate(p_face: np.ndarray, frame_index: np.ndarray, strategy: str) -> flo
     return AGGREGATIONS[strategy](np.asarray(p_face, np.float64), np.asarray(frame_index))
 
 
-@dataclass(frozen=True)
-class Bands:
-    """Probability bands; p_fake >= fake_from is 'fake', p_fake <= real_to is 'real'."""
-
-    fake_from: float = 0.7
-    real_to: float = 0.3
-
-    def band(self, p_fake: float) -> str:
-        if p_fake >= self.fake_from:
-            return "high"
-        if p_fake <= self.real_to:
-            return "low"
-        return "uncertain"
-
-    def label(self, p_fake: float) -> str:
-        return {"high": "fake", "low": "real", "uncertain": "uncertain"}[self.band(p_fake)]
-
-
 def sigmoid(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.asarray(logits, np.float64) / temperature))
+
+
+@dataclass(frozen=True)
+class StreamScores:
+    """One stream's raw logits for every face of a video, with its calibration. ``probe_logits``
+    holds one array per probe; a stream that does not see the probes (the texture stream reads
+    whole frames) repeats its clean logits."""
+
+    detector: str
+    calibration: StreamCalibration
+    logits: np.ndarray
+    probe_logits: tuple[np.ndarray, ...] = ()
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    detector: str
+    stream: str
+    p_fake: float
+    band: str
+    vote: int | None
+    weight: int
+
+
+@dataclass(frozen=True)
+class VideoVerdict:
+    p_fake: float | None
+    label: str
+    vote: Vote
+    face_p_fake: list[float | None]
+    streams: list[StreamResult]
+    detectors: dict[str, tuple[float | None, str]]  # detector → (p_fake, label of its own vote)
+    probe_p_fake: list[float | None]
+    stability: float | None  # spread (max − min) of p_fake over clean and probes; 0 = stable
+
+
+def judge_video(streams: list[StreamScores], frame_index: np.ndarray, aggregation: str) -> VideoVerdict:
+    """Calibrate each stream, aggregate its faces to the video, band and vote, then combine:
+    ``p_fake`` is the reliability-weighted mean of the streams' calibrated probabilities and
+    the label is their reliability-weighted vote."""
+    frames = np.asarray(frame_index)
+    weights = {s.calibration.name: s.calibration.weight for s in streams}
+    p_faces = {s.calibration.name: s.calibration.probability(s.logits) for s in streams}
+    p_video = {name: aggregate(p, frames, aggregation) for name, p in p_faces.items()}
+    bands = {s.calibration.name: s.calibration.band(p_video[s.calibration.name]) for s in streams}
+    vote = weighted_vote(bands, weights)
+    results = [StreamResult(s.detector, s.calibration.name, p_video[s.calibration.name], bands[s.calibration.name],
+                            vote.votes.get(s.calibration.name), s.calibration.weight) for s in streams]
+    detectors = {}
+    for detector in dict.fromkeys(s.detector for s in streams):
+        names = [s.calibration.name for s in streams if s.detector == detector]
+        own = weighted_vote({n: bands[n] for n in names}, {n: weights[n] for n in names})
+        detectors[detector] = (combined_probability({n: p_video[n] for n in names}, {n: weights[n] for n in names}),
+                               own.label)
+    n_faces = len(frames)
+    face_p = [combined_probability({n: float(p[i]) for n, p in p_faces.items()}, weights) for i in range(n_faces)]
+    n_probes = max((len(s.probe_logits) for s in streams), default=0)
+    probe_p = []
+    for k in range(n_probes):
+        probed = {s.calibration.name: aggregate(s.calibration.probability(s.probe_logits[k] if s.probe_logits
+                                                                          else s.logits), frames, aggregation)
+                  for s in streams}
+        probe_p.append(combined_probability(probed, weights))
+    p_fake = combined_probability(p_video, weights)
+    spread = [p for p in [p_fake, *probe_p] if p is not None]
+    stability = float(max(spread) - min(spread)) if n_probes and spread else None
+    return VideoVerdict(p_fake, vote.label, vote, face_p, results, detectors, probe_p, stability)

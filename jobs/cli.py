@@ -41,7 +41,15 @@ def split_ratios(text: str) -> tuple[float, float, float]:
     return values  # type: ignore[return-value]
 
 
+def name_list(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"need at least one name: {text!r}")
+    return names
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from detector.degrade import PROBES
     from detector.verdict import AGGREGATIONS
 
     parser = OneLineParser(prog="fakescan", description="Find deepfakes in video archives with Ray.")
@@ -57,6 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
                       help="models:/NAME@ALIAS or models:/NAME/VERSION from the MLflow registry, hybrid weights "
                            "(.safetensors path or s3:// URI), or a config name such as hybrid_b0 (random weights, "
                            "verdicts marked untrained); default: the bundled starter model")
+    scan.add_argument("--ensemble-model", default=None,
+                      help="the ensemble's model, in the same forms as --model (config names: ensemble_giant, "
+                           "ensemble_small, ensemble_tiny); default: the bundled starter ensemble")
+    scan.add_argument("--detectors", type=name_list, default=None, metavar="NAMES",
+                      help="detectors to run, e.g. hybrid,ensemble (default: every detector that has a model)")
+    scan.add_argument("--probes", type=name_list, default=(), metavar="NAMES",
+                      help=f"also score every face under these degradations and report the spread of p_fake as "
+                           f"'stability' (choose from {', '.join(PROBES)})")
     scan.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for models:/ (default "
                       "$MLFLOW_TRACKING_URI)")
     scan.add_argument("--frames", type=positive_int, default=32, help="frames sampled per video, evenly spaced "
@@ -134,10 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_scan_command(args: argparse.Namespace) -> int:
-    from jobs.scan import ScanConfig, default_model, run_scan
+    from jobs.scan import ScanConfig, default_ensemble_model, default_model, run_scan
 
     config = ScanConfig(
-        source=args.source, out=args.out.rstrip("/"), model=args.model or default_model(), frames=args.frames,
+        source=args.source, out=args.out.rstrip("/"), model=args.model or default_model(),
+        ensemble_model=args.ensemble_model or default_ensemble_model(), detectors=args.detectors, probes=args.probes,
+        frames=args.frames,
         s3_endpoint=args.s3_endpoint, resume=args.resume, limit=args.limit, aggregation=args.aggregation,
         rows_per_file=args.rows_per_file, flush_seconds=args.flush_seconds, progress=not args.no_progress,
         tracking_uri=args.tracking_uri,

@@ -22,22 +22,38 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from detector.faces import FaceCropConfig
-from detector.verdict import AGGREGATIONS, Bands
+from detector.degrade import PROBES
+from detector.verdict import AGGREGATIONS
 from jobs.tracking import fetch_registered_weights
 from pipelines.decode import DecodeConfig, decode_videos
 from pipelines.faces import CropFaces
 from pipelines.rows import MANIFEST_SCHEMA
+from pipelines.probes import degrade_faces
 from pipelines.score import ScoreFaces, load_hybrid
+from pipelines.score_ensemble import ScoreEnsemble, load_ensemble
 from pipelines.sinks import VerdictWriter, completed_video_ids
 from pipelines.sources import SourceError, filesystem_for, list_videos, read_video_bytes, storage_options_for
 from pipelines.verdict import build_verdicts
 
 log = logging.getLogger("fakescan.scan")
-STARTER_MODEL = Path(__file__).resolve().parent.parent / "detector" / "weights" / "hybrid_starter.safetensors"
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "detector" / "weights"
+STARTER_MODEL = WEIGHTS_DIR / "hybrid_starter.safetensors"
+STARTER_ENSEMBLE = WEIGHTS_DIR / "ensemble_starter.safetensors"
+DETECTORS = ("hybrid", "ensemble")
 
 
 def default_model() -> str:
     return str(STARTER_MODEL) if STARTER_MODEL.exists() else "hybrid_b0"
+
+
+def default_ensemble_model() -> str | None:
+    return str(STARTER_ENSEMBLE) if STARTER_ENSEMBLE.exists() else None
+
+
+def default_detectors(ensemble_model: str | None) -> tuple[str, ...]:
+    """Every detector that has a model: the hybrid always (its starter ships), the ensemble
+    when its starter ships or a model is named."""
+    return ("hybrid", "ensemble") if ensemble_model else ("hybrid",)
 
 
 @dataclass
@@ -45,6 +61,9 @@ class ScanConfig:
     source: str
     out: str
     model: str = field(default_factory=default_model)
+    ensemble_model: str | None = field(default_factory=default_ensemble_model)
+    detectors: tuple[str, ...] | None = None  # None: default_detectors()
+    probes: tuple[str, ...] = ()
     frames: int = 32
     s3_endpoint: str | None = None
     resume: bool = True
@@ -57,9 +76,12 @@ class ScanConfig:
     max_read_bytes: int = 4 << 30
     decode_cpus: float = 0.5
     faces_cpus: float = 1.0
-    score_cpus: float = 0.5
+    score_cpus: float = 0.25
+    ensemble_cpus: float = 0.25
+    probes_cpus: float = 0.25
     faces_gpus: float = 0.25
     score_gpus: float = 0.25
+    ensemble_gpus: float = 0.25
     progress: bool = True
     tracking_uri: str | None = None
 
@@ -130,7 +152,8 @@ def pool_size(per_actor_cpus: float, share: float) -> int:
 
 
 def build_dataset(config: ScanConfig, todo: pa.Table, storage_options: dict[str, Any], run_id: str,
-                  model_kwargs: dict[str, Any]):
+                  models: dict[str, dict[str, Any]]):
+    """``models`` maps each enabled detector to its stage's constructor arguments."""
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -145,14 +168,58 @@ def build_dataset(config: ScanConfig, todo: pa.Table, storage_options: dict[str,
     ds = ds.map_batches(decode_videos, fn_kwargs={"config": DecodeConfig(config.frames, config.max_side)},
                         batch_size=1, num_cpus=config.decode_cpus, **common)
     faces_config = FaceCropConfig(detect_long_side=config.detect_long_side)
-    ds = ds.map_batches(CropFaces, fn_constructor_kwargs={"config": faces_config}, batch_size=1,
-                        compute=ActorPoolStrategy(min_size=1, max_size=pool_size(config.faces_cpus, 0.5)),
+    scene_size = models["ensemble"]["scene_size"] if "ensemble" in models else None
+    ds = ds.map_batches(CropFaces, fn_constructor_kwargs={"config": faces_config, "scene_size": scene_size},
+                        batch_size=1, compute=ActorPoolStrategy(min_size=1, max_size=pool_size(config.faces_cpus, 0.5)),
                         num_cpus=config.faces_cpus, num_gpus=config.faces_gpus if has_gpu else 0, **common)
-    ds = ds.map_batches(ScoreFaces, fn_constructor_kwargs=model_kwargs, batch_size=4,
-                        compute=ActorPoolStrategy(min_size=1, max_size=pool_size(config.score_cpus, 0.25)),
-                        num_cpus=config.score_cpus, num_gpus=config.score_gpus if has_gpu else 0, **common)
-    return ds.map_batches(build_verdicts, fn_kwargs={"aggregation": config.aggregation, "bands": Bands(),
-                          "run_id": run_id}, batch_size=4, num_cpus=0.1, **common)
+    if config.probes:
+        ds = ds.map_batches(degrade_faces, fn_kwargs={"probes": config.probes}, batch_size=1,
+                            num_cpus=config.probes_cpus, **common)
+    stages = {"hybrid": (ScoreFaces, config.score_cpus, config.score_gpus),
+              "ensemble": (ScoreEnsemble, config.ensemble_cpus, config.ensemble_gpus)}
+    for detector, kwargs in models.items():
+        stage, cpus, gpus = stages[detector]
+        kwargs = {k: v for k, v in kwargs.items() if k != "scene_size"}
+        ds = ds.map_batches(stage, fn_constructor_kwargs=kwargs, batch_size=4,
+                            compute=ActorPoolStrategy(min_size=1, max_size=pool_size(cpus, 0.25)),
+                            num_cpus=cpus, num_gpus=gpus if has_gpu else 0, **common)
+    return ds.map_batches(build_verdicts, fn_kwargs={"aggregation": config.aggregation, "run_id": run_id},
+                          batch_size=4, num_cpus=0.1, **common)
+
+
+def resolve_models(config: ScanConfig) -> dict[str, dict[str, Any]]:
+    """Each enabled detector's stage arguments. Registry weights are fetched once here and
+    shipped to every actor (workers need no access to MLflow); every model is built once here
+    too, so that a bad --model fails in one line before Ray starts."""
+    detectors = config.detectors or default_detectors(config.ensemble_model)
+    unknown = sorted(set(detectors) - set(DETECTORS))
+    if unknown:
+        raise SourceError(f"unknown detector {unknown[0]!r}; choose from {', '.join(DETECTORS)}")
+    if "ensemble" in detectors and not config.ensemble_model:
+        raise SourceError("the ensemble needs a model: pass --ensemble-model (no starter ensemble is installed)")
+    unknown_probes = sorted(set(config.probes) - set(PROBES))
+    if unknown_probes:
+        raise SourceError(f"unknown probe {unknown_probes[0]!r}; choose from {', '.join(PROBES)}")
+    specs = {"hybrid": (config.model, load_hybrid), "ensemble": (config.ensemble_model, load_ensemble)}
+    models: dict[str, dict[str, Any]] = {}
+    for detector in detectors:
+        spec, load = specs[detector]
+        kwargs: dict[str, Any] = {"model_spec": spec}
+        if spec.startswith("models:/"):
+            found = fetch_registered_weights(spec, config.tracking_uri)
+            kwargs.update(weights=found.data, name=found.name, version=found.version)
+        try:
+            model, info = load(spec, **{k: v for k, v in kwargs.items() if k != "model_spec"})
+        except (ValueError, KeyError) as exc:
+            raise SourceError(f"cannot load the {detector} model {spec}: {exc}") from None
+        if detector == "ensemble":
+            kwargs["scene_size"] = info.config.img_size
+        if not info.trained:
+            print(f"fakescan: warning: {detector} model {info.name} has no trained weights; it does not vote, and "
+                  "without a trained detector every verdict is 'uncertain' with no p_fake", file=sys.stderr)
+        del model
+        models[detector] = kwargs
+    return models
 
 
 def run_scan(config: ScanConfig) -> ScanSummary:
@@ -162,17 +229,8 @@ def run_scan(config: ScanConfig) -> ScanSummary:
     src_options = storage_options_for(config.source, config.s3_endpoint)
     out_options = storage_options_for(config.out, config.s3_endpoint)
     manifest = list_videos(config.source, src_options)
-    registered: dict[str, Any] = {}
-    if config.model.startswith("models:/"):
-        # Fetched once here and shipped to every actor: workers need no access to MLflow.
-        found = fetch_registered_weights(config.model, config.tracking_uri)
-        registered = {"weights": found.data, "name": found.name, "version": found.version}
-    # Built once here too, so that a bad --model fails in one line before Ray starts.
-    _, model_info = load_hybrid(config.model, **registered)
+    models = resolve_models(config)
     check_destination(config.out, out_options)
-    if not model_info.trained:
-        print(f"fakescan: warning: model {model_info.name} has no trained weights; every verdict is "
-              "'uncertain' with model_trained=false and no p_fake", file=sys.stderr)
 
     out_fs = filesystem_for(config.out, out_options)
     root = config.out.removeprefix("file://").rstrip("/")
@@ -189,8 +247,7 @@ def run_scan(config: ScanConfig) -> ScanSummary:
         from tqdm import tqdm
 
         init_ray()
-        ds = build_dataset(config, todo.cast(MANIFEST_SCHEMA), src_options, run_id,
-                           {"model_spec": config.model, **registered})
+        ds = build_dataset(config, todo.cast(MANIFEST_SCHEMA), src_options, run_id, models)
         with tqdm(total=todo.num_rows, unit="video", desc="scan", file=sys.stderr, disable=not config.progress,
                   mininterval=1.0 if sys.stderr.isatty() else 10.0) as bar:
             for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):

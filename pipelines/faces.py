@@ -5,15 +5,19 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from detector.faces import FaceCropConfig, FaceCropper
+from detector.faces import FaceCropConfig, FaceCropper, resize_frames
 from pipelines.rows import FACES_SCHEMA, pack_array, stage_guard, to_table, unpack_array
 
 
 class CropFaces:
-    def __init__(self, config: FaceCropConfig, device: str | None = None) -> None:
+    """``scene_size`` also keeps every sampled frame, squashed to that square size, for the
+    ensemble's Global Texture stream; the full frames themselves go no further."""
+
+    def __init__(self, config: FaceCropConfig, device: str | None = None, scene_size: int | None = None) -> None:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.cropper = FaceCropper(config, device=device)
         self.crop_size = config.crop_size
+        self.scene_size = scene_size
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
@@ -22,7 +26,11 @@ class CropFaces:
             if row["status"] != "pending":
                 continue
             with stage_guard(row, "faces"):
-                faces = self.cropper.crop_faces(unpack_array(data, shape))
+                frames = unpack_array(data, shape)
+                faces = self.cropper.crop_faces(frames)
+                if self.scene_size and faces:
+                    row["scenes"], _ = pack_array(resize_frames(frames, self.scene_size, self.scene_size))
+                    row["scene_size"] = self.scene_size
                 crops = np.stack([f.crop for f in faces]) if faces else np.zeros((0, self.crop_size, self.crop_size, 3), np.uint8)
                 row["crops"], _ = pack_array(crops)
                 row.update(

@@ -20,12 +20,14 @@ BASE = [
     pa.field("size_bytes", pa.int64()),
     pa.field("etag", pa.string()),
     pa.field("status", pa.string()),  # pending | ok | no_face | error
-    pa.field("error_stage", pa.string()),  # list | read | decode | faces | score
+    pa.field("error_stage", pa.string()),  # list | read | decode | faces | probes | score | ensemble
     pa.field("error_message", pa.string()),
     pa.field("t_read_s", pa.float64()),
     pa.field("t_decode_s", pa.float64()),
     pa.field("t_faces_s", pa.float64()),
     pa.field("t_score_s", pa.float64()),
+    pa.field("t_probes_s", pa.float64()),
+    pa.field("t_ensemble_s", pa.float64()),
 ]
 VIDEO = [
     pa.field("decoder", pa.string()),
@@ -51,17 +53,34 @@ SCORES = [
     # p = sigmoid(logit / temperature + bias), fitted on the model's validation set.
     pa.field("calibration_temperature", pa.float64()),
     pa.field("calibration_bias", pa.float64()),
+    pa.field("hybrid_calibration", pa.string()),  # detector.voting.DetectorCalibration as JSON
+    pa.field("face_logit_probes", pa.list_(pa.list_(pa.float32()))),  # [probe][face]
 ]
+ENSEMBLE_SCORES = [
+    pa.field("face_texture_logit", pa.list_(pa.float32())),  # the face's whole frame
+    pa.field("face_facial_logit", pa.list_(pa.float32())),
+    pa.field("face_fusion_logit", pa.list_(pa.float32())),
+    pa.field("face_facial_logit_probes", pa.list_(pa.list_(pa.float32()))),
+    pa.field("face_fusion_logit_probes", pa.list_(pa.list_(pa.float32()))),
+    pa.field("ensemble_name", pa.string()),
+    pa.field("ensemble_version", pa.string()),
+    pa.field("ensemble_trained", pa.bool_()),
+    pa.field("ensemble_calibration", pa.string()),
+]
+# Payloads that the score stages read; the verdict stage drops them.
+CROPS = [pa.field("crops", pa.large_binary()), pa.field("crop_size", pa.int32())]
+SCENES = [pa.field("scenes", pa.large_binary()), pa.field("scene_size", pa.int32())]  # frames for the texture stream
+PROBES = [pa.field("probe_names", pa.list_(pa.string())), pa.field("probe_crops", pa.large_binary())]
 
 MANIFEST_SCHEMA = pa.schema(BASE)
 READ_SCHEMA = pa.schema(BASE + [pa.field("data", pa.large_binary())])
 DECODED_SCHEMA = pa.schema(
     BASE + VIDEO + [pa.field("frames", pa.large_binary()), pa.field("frame_shape", pa.list_(pa.int32()))]
 )
-FACES_SCHEMA = pa.schema(
-    BASE + VIDEO + FACES + [pa.field("crops", pa.large_binary()), pa.field("crop_size", pa.int32())]
-)
-SCORED_SCHEMA = pa.schema(BASE + VIDEO + FACES + SCORES)
+FACES_SCHEMA = pa.schema(BASE + VIDEO + FACES + CROPS + SCENES)
+# One schema for every score stage, so that the hybrid and the ensemble can run in either order
+# or alone; each fills its own columns and passes the payloads on.
+SCORING_SCHEMA = pa.schema(BASE + VIDEO + FACES + CROPS + SCENES + PROBES + SCORES + ENSEMBLE_SCORES)
 
 
 def to_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:

@@ -1,4 +1,4 @@
-"""Score stage: a hybrid-detector actor scores every face crop of a video."""
+"""Score stage: a hybrid-detector actor scores every face crop of a video, and its probes."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -8,7 +8,9 @@ import pyarrow as pa
 import torch
 
 from detector.hybrid import HYBRID_CONFIGS, HybridDetector, ModelInfo, create_hybrid, preprocess_crops
-from pipelines.rows import SCORED_SCHEMA, stage_guard, to_table, unpack_array
+from detector.voting import DetectorCalibration
+from pipelines.probes import probe_crops
+from pipelines.rows import SCORING_SCHEMA, stage_guard, to_table, unpack_array
 
 
 def load_hybrid(spec: str, device: str = "cpu", weights: bytes | None = None, name: str | None = None,
@@ -42,14 +44,22 @@ class ScoreFaces:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
+        calibration = hybrid_calibration(self.info).to_json()
         for row in rows:
-            crops, size = row.pop("crops", None), row.pop("crop_size", None)
             row.update(model_name=self.info.name, model_version=self.info.version, model_trained=self.info.trained,
                        calibration_temperature=self.info.calibration.temperature,
-                       calibration_bias=self.info.calibration.bias)
+                       calibration_bias=self.info.calibration.bias, hybrid_calibration=calibration)
             if row["status"] != "pending":
                 continue
             with stage_guard(row, "score"):
-                n = len(row["face_frame"])
-                row["face_logit"] = self.score_crops(unpack_array(crops, [n, size, size, 3])).tolist()
-        return to_table(rows, SCORED_SCHEMA)
+                n, size = len(row["face_frame"]), row["crop_size"]
+                row["face_logit"] = self.score_crops(unpack_array(row["crops"], [n, size, size, 3])).tolist()
+                row["face_logit_probes"] = [self.score_crops(p).tolist() for p in probe_crops(row, n, size)]
+        return to_table(rows, SCORING_SCHEMA)
+
+
+def hybrid_calibration(info: ModelInfo) -> DetectorCalibration:
+    """The hybrid as a one-stream detector for the vote: the calibration ``fakescan calibrate``
+    stored with the weights, else the training job's temperature and bias with default bands."""
+    return info.voting or DetectorCalibration.from_temperature("hybrid", "hybrid", info.calibration.temperature,
+                                                               info.calibration.bias, info.calibration.fitted_on)

@@ -25,8 +25,15 @@ FACE_COLUMNS = {
     "face_timestamp_s": "timestamp_s",
     "face_box": "box",
     "face_det_prob": "det_prob",
+    "face_p_fake": "p_fake",
     "face_logit": "hybrid_logit",
-    "face_p_fake": "hybrid_p_fake",
+    "face_hybrid_p_fake": "hybrid_p_fake",
+    "face_texture_logit": "texture_logit",
+    "face_texture_p_fake": "texture_p_fake",
+    "face_facial_logit": "facial_logit",
+    "face_facial_p_fake": "facial_p_fake",
+    "face_fusion_logit": "fusion_logit",
+    "face_fusion_p_fake": "fusion_p_fake",
 }
 INTERNAL_COLUMNS = ("frame_numbers", "timestamps_s")
 VERDICTS_SCHEMA = pa.schema(

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from detector.verdict import Bands, aggregate
+from detector.verdict import StreamScores, aggregate, judge_video
+from detector.voting import StreamCalibration
 
 
 def test_mean_averages_every_face():
@@ -29,8 +30,24 @@ def test_unknown_strategy_is_refused():
         aggregate(np.array([0.5]), np.array([0]), "median")
 
 
-@pytest.mark.parametrize("p, band, label", [(0.95, "high", "fake"), (0.7, "high", "fake"),
-                                            (0.5, "uncertain", "uncertain"), (0.3, "low", "real")])
-def test_bands_and_labels(p, band, label):
-    assert Bands().band(p) == band
-    assert Bands().label(p) == label
+def stream(detector: str, name: str, logits: list[float], weight: int, probes: tuple = ()) -> StreamScores:
+    return StreamScores(detector, StreamCalibration(name, weight=weight), np.asarray(logits, np.float64),
+                        tuple(np.asarray(p, np.float64) for p in probes))
+
+
+def test_trusted_streams_outvote_a_normal_one():
+    # Two trusted streams see a fake (p ≈ 0.88), one normal stream sees a real face (p ≈ 0.12).
+    verdict = judge_video([stream("ensemble", "facial", [2.0, 2.0], 2), stream("ensemble", "fusion", [2.0, 2.0], 2),
+                           stream("hybrid", "hybrid", [-2.0, -2.0], 1)], np.array([0, 1]), "mean")
+    assert verdict.label == "fake"
+    assert verdict.vote.fake_weight == 4 and verdict.vote.real_weight == 1
+    assert verdict.p_fake == pytest.approx((2 * 0.8808 + 2 * 0.8808 + 0.1192) / 5, abs=1e-3)
+    assert verdict.detectors["hybrid"][1] == "real" and verdict.detectors["ensemble"][1] == "fake"
+    assert [s.band for s in verdict.streams] == ["high", "high", "low"]
+
+
+def test_stability_is_the_spread_of_p_fake_across_probes():
+    # Under the second probe the stream's logits fall to 0: p_fake moves from 0.88 to 0.5.
+    verdict = judge_video([stream("hybrid", "hybrid", [2.0], 1, probes=([2.0], [0.0]))], np.array([0]), "mean")
+    assert verdict.probe_p_fake == pytest.approx([0.8808, 0.5], abs=1e-3)
+    assert verdict.stability == pytest.approx(0.8808 - 0.5, abs=1e-3)
