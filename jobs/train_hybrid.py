@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -27,15 +26,12 @@ import torch
 from detector.adversarial import StepConfig, TrainStep, bare
 from detector.attacks import PGDConfig, UNetAttacker
 from detector.hybrid import HYBRID_CONFIGS, create_hybrid, preprocess_crops
-from detector.calibration import Calibration, fit_calibration
-from detector.robustness import logits_of, scenario_metrics
-from detector.weights import load_state, load_weights, save_weights
+from detector.robustness import scenario_metrics
 from jobs import tracking
-from pipelines.dataset import count_split, decode_images, read_split
+from jobs.calibrate import calibrate_file, calibration_metrics, write_reports
+from jobs.training import WEIGHTS_FILE, check_train_split, fit_on_ray, flip_augment, load_checkpoint, save_checkpoint
+from pipelines.dataset import read_split
 from pipelines.sources import SourceError, arrow_filesystem_for
-
-WEIGHTS_FILE = tracking.WEIGHTS_ARTIFACT
-STATE_FILE = "train_state.pt"
 
 
 @dataclass
@@ -66,30 +62,6 @@ class HybridTrainConfig:
     @property
     def run_name(self) -> str:
         return self.name or f"hybrid-{self.model}-{self.mode}"
-
-
-def augment(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    flip = torch.rand(len(pixels), generator=generator) < 0.5
-    pixels[flip] = pixels[flip].flip(-1)
-    return pixels
-
-
-def load_checkpoint(model: torch.nn.Module) -> tuple[int, dict | None]:
-    """The epoch to start from and the optimiser state, from Ray Train's latest checkpoint."""
-    import ray.train
-
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        return 0, None
-    with checkpoint.as_directory() as folder:
-        load_state(model, load_weights(str(Path(folder) / WEIGHTS_FILE))[0], source="checkpoint")
-        state = torch.load(Path(folder) / STATE_FILE, weights_only=True)
-    return state["epoch"] + 1, state
-
-
-def save_checkpoint(folder: Path, model: torch.nn.Module, step: TrainStep, epoch: int, metadata: dict[str, str]) -> None:
-    save_weights(model, folder / WEIGHTS_FILE, dict(metadata, epoch=str(epoch)))
-    torch.save({"epoch": epoch, "step": step.state_dict()}, folder / STATE_FILE)
 
 
 def train_loop(cfg: dict[str, Any]) -> None:
@@ -131,7 +103,7 @@ def train_loop(cfg: dict[str, Any]) -> None:
         batches = samples = 0
         started = time.perf_counter()
         for batch in shard.iter_batches(batch_size=cfg["batch_size"], batch_format="numpy"):
-            pixels = augment(preprocess_crops(batch["pixels"], info.config.img_size), generator).to(device)
+            pixels = flip_augment(preprocess_crops(batch["pixels"], info.config.img_size), generator).to(device)
             for key, value in step(pixels, torch.as_tensor(batch["label"]).to(device)).items():
                 sums[key] += value
             batches, samples = batches + 1, samples + len(pixels)
@@ -148,79 +120,31 @@ def train_loop(cfg: dict[str, Any]) -> None:
             client.log_batch(cfg["mlflow_run_id"], metrics=[Metric(k, float(v), now, epoch)
                                                              for k, v in metrics.items() if v == v])
             folder = Path(tempfile.mkdtemp(prefix="fakescan-ckpt-"))
-            save_checkpoint(folder, bare(model), step, epoch, metadata)
+            save_checkpoint(folder, bare(model), {"step": step.state_dict()}, epoch, metadata)
             checkpoint = ray.train.Checkpoint.from_directory(str(folder))
         ray.train.report(metrics, checkpoint=checkpoint)
         if checkpoint is not None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def worker_resources(workers: int, use_gpu: bool) -> tuple[dict[str, float], int]:
-    """Ray CPUs per worker, and torch threads per worker.
-
-    The reservation leaves a whole CPU to Ray Data, whose shuffle tasks each ask for one:
-    2 workers at 1 CPU on 2 cores would starve them and hang without an error.
-    """
-    import ray
-
-    total = ray.cluster_resources().get("CPU", 1)
-    cpus = max(0.25, min(4.0, (total - 1) / workers))
-    resources = {"CPU": cpus}
-    if use_gpu:
-        resources["GPU"] = 1
-    return resources, max(1, int(total // workers))
-
-
 def run_train_hybrid(config: HybridTrainConfig) -> dict[str, Any]:
-    import ray
-    import ray.data
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from jobs.scan import init_ray, quiet_ray_data
-
     if config.model not in HYBRID_CONFIGS:
         raise SourceError(f"unknown model config {config.model!r}; choose from {', '.join(HYBRID_CONFIGS)}")
     out = Path(config.out).absolute()
     out.mkdir(parents=True, exist_ok=True)
-    data_fs = arrow_filesystem_for(config.data, config.s3_endpoint)
-    crops = f"{config.data.rstrip('/')}/crops"
-    try:
-        n_train = count_split(crops, "train", data_fs)
-    except FileNotFoundError:
-        n_train = 0
-    if not n_train:
-        raise SourceError(f"no training crops in {crops}: run fakescan prepare first")
+    crops, data_fs = check_train_split(config.data, config.s3_endpoint)
     tracking_uri = tracking.tracking_uri_or_default(config.tracking_uri, out)
     experiment_id = tracking.ensure_experiment(tracking_uri, config.experiment, out / "mlartifacts")
     params = {k: v for k, v in asdict(config).items() if v is not None and k not in ("tracking_uri",)}
     run_id = tracking.start_or_resume_run(tracking_uri, experiment_id, config.run_name, params)
-
-    init_ray()
-    quiet_ray_data()
-    use_gpu = config.use_gpu if config.use_gpu is not None else ray.cluster_resources().get("GPU", 0) >= config.workers
-    resources, threads = worker_resources(config.workers, use_gpu)
-    train = ray.data.read_parquet(crops.removeprefix("s3://"), filesystem=data_fs,
-                                  columns=["split", "label", "image"])
-    train = train.filter(expr="split == 'train'").random_shuffle(seed=None).map_batches(
-        decode_images, batch_size=64, batch_format="pyarrow", num_cpus=0.25)
-    storage = config.storage or str(out / "checkpoints")
-    loop_config = dict(asdict(config), threads=threads, mlflow_run_id=run_id, tracking_uri=tracking_uri,
-                       run_name=config.run_name)
-    trainer = TorchTrainer(
-        train_loop, train_loop_config=loop_config, datasets={"train": train},
-        scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=use_gpu, resources_per_worker=resources),
-        # With an explicit pyarrow filesystem, Ray wants the path without its scheme.
-        run_config=RunConfig(name=config.run_name, storage_path=storage.removeprefix("s3://"),
-            storage_filesystem=arrow_filesystem_for(storage, config.s3_endpoint),
-            failure_config=FailureConfig(max_failures=config.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2)),
-    )
+    loop_config = dict(asdict(config), mlflow_run_id=run_id, tracking_uri=tracking_uri, run_name=config.run_name)
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
     try:
-        result = trainer.fit()
+        result = fit_on_ray(train_loop, loop_config, crops, data_fs, workers=config.workers, use_gpu=config.use_gpu,
+                            storage=config.storage or str(out / "checkpoints"), run_name=config.run_name,
+                            max_failures=config.max_failures, s3_endpoint=config.s3_endpoint)
     except Exception:
         client.set_terminated(run_id, status="FAILED")
         raise
@@ -231,8 +155,10 @@ def run_train_hybrid(config: HybridTrainConfig) -> dict[str, Any]:
     with result.checkpoint.as_directory() as folder:
         shutil.copy(Path(folder) / WEIGHTS_FILE, model_dir / WEIGHTS_FILE)
     metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
-    calibration = calibrate_weights(model_dir / WEIGHTS_FILE, crops, data_fs, config.val_limit, config.seed)
-    metrics.update(calibration_temperature=calibration.temperature, calibration_bias=calibration.bias)
+    calibration = calibrate_file(model_dir / WEIGHTS_FILE, crops, data_fs, config.val_limit, config.seed)
+    if calibration is not None:
+        metrics.update(calibration_metrics(calibration.calibration))
+        tracking.log_files(tracking_uri, run_id, write_reports(calibration, model_dir), {})
     card = model_card(config, metrics, run_id)
     (model_dir / "MODEL_CARD.md").write_text(card)
     version = tracking.log_and_register_model(
@@ -242,20 +168,6 @@ def run_train_hybrid(config: HybridTrainConfig) -> dict[str, Any]:
     client.set_terminated(run_id, status="FINISHED")
     return {"run_id": run_id, "tracking_uri": tracking_uri, "model": f"models:/{config.register_as}/{version}",
             "weights": str(model_dir / WEIGHTS_FILE), "metrics": metrics}
-
-
-def calibrate_weights(weights: Path, crops: str, filesystem, limit: int, seed: int) -> Calibration:
-    """Fit the model's calibration on the val split and store it in the weights' metadata."""
-    model, _ = create_hybrid(weights=str(weights))
-    val_crops, val_labels = read_split(crops, "val", filesystem, limit, seed)
-    if len(set(val_labels.tolist())) < 2:
-        print("fakescan: warning: the val split lacks real or fake crops; the model stays uncalibrated",
-              file=sys.stderr)
-        return Calibration()
-    calibration = fit_calibration(logits_of(model, preprocess_crops(val_crops, model.config.img_size)), val_labels)
-    state, metadata = load_weights(str(weights))
-    save_weights(model, weights, {**metadata, **calibration.to_metadata()}, dtype=next(iter(state.values())).dtype)
-    return calibration
 
 
 def model_card(config: HybridTrainConfig, metrics: dict[str, float], run_id: str) -> str:

@@ -183,3 +183,70 @@ def test_killed_worker_resumes_from_its_checkpoint_in_the_same_run(ray_cluster, 
     assert resumed >= 1  # restarted from a checkpoint, not from scratch
     steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "val_clean_auc")]
     assert sorted(set(steps)) == [0, 1, 2]
+
+
+@pytest.fixture(scope="module")
+def trained_ensemble(ray_cluster, prepared, tmp_path_factory) -> dict:
+    """The ensemble's fine-tune: two DDP workers on the tiny config, one epoch."""
+    out = tmp_path_factory.mktemp("ensemble")
+    result = run_fakescan("train", "ensemble", "--data", str(prepared), "--out", str(out), "--model", "ensemble_tiny",
+                          "--workers", "2", "--epochs", "1", "--batch-size", "8", "--alias", "champion")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {"out": out, "tracking_uri": f"sqlite:///{out / 'mlflow.db'}"}
+
+
+def test_ensemble_finetune_with_two_workers_logs_every_stream(trained_ensemble):
+    client = mlflow_client(trained_ensemble["tracking_uri"])
+    runs = client.search_runs([client.get_experiment_by_name("fakescan-ensemble").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert runs[0].data.params["workers"] == "2" and runs[0].data.params["finetune"] == "full"
+    for stream in ("texture", "facial", "fusion"):
+        for metric in (f"train_loss_{stream}", f"val_clean_{stream}_auc", f"val_compound_{stream}_auc",
+                       f"{stream}_temperature", f"{stream}_ece"):
+            assert metric in runs[0].data.metrics, metric
+    version = client.get_model_version_by_alias("fakescan-ensemble", "champion")
+    assert version.tags["finetune"] == "full"
+
+
+def test_calibration_round_trips_through_mlflow(trained_ensemble, prepared, tmp_path):
+    from detector.voting import DetectorCalibration
+    from detector.weights import read_metadata
+    from jobs.tracking import fetch_registered_weights
+
+    tracking_uri = trained_ensemble["tracking_uri"]
+    result = run_fakescan("calibrate", "--model", "models:/fakescan-ensemble@champion", "--data", str(prepared),
+                          "--out", str(tmp_path / "calibrated"), "--tracking-uri", tracking_uri, "--alias", "calibrated")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "texture: T" in result.stdout and "registered models:/fakescan-ensemble/2" in result.stdout
+    client = mlflow_client(tracking_uri)
+    run = client.search_runs([client.get_experiment_by_name("fakescan-calibrate").experiment_id])[0]
+    logged = Path(client.download_artifacts(run.info.run_id, "calibration.json", str(tmp_path)))
+    from_artifact = DetectorCalibration.from_json(logged.read_text())
+    registered = fetch_registered_weights("models:/fakescan-ensemble@calibrated", tracking_uri)
+    assert DetectorCalibration.from_metadata(read_metadata(registered.data)) == from_artifact
+    assert set(from_artifact.streams) == {"texture", "facial", "fusion"}
+    assert "texture_ece" in run.data.metrics
+
+
+def test_scan_with_both_detectors_writes_streams_bands_votes_and_stability(trained, trained_ensemble, ray_cluster,
+                                                                            short_face_video, tmp_path):
+    result = run_fakescan("scan", str(short_face_video), "--out", str(tmp_path / "out"), "--frames", "4",
+                          "--model", str(trained["out"] / "model" / "weights.safetensors"),
+                          "--ensemble-model", "models:/fakescan-ensemble@champion",
+                          "--tracking-uri", trained_ensemble["tracking_uri"], "--detectors", "hybrid,ensemble",
+                          "--probes", "jpeg50,h264", "--no-progress")
+    assert result.returncode == 0, result.stderr[-2000:]
+    verdict = pd.read_parquet(tmp_path / "out" / "verdicts").iloc[0]
+    assert verdict["ensemble_trained"] and verdict["ensemble_name"] == "fakescan-ensemble"
+    streams = {s["stream"]: s for s in verdict["streams"]}
+    assert set(streams) == {"hybrid", "texture", "facial", "fusion"}
+    assert all(s["band"] in ("high", "uncertain", "low") and s["vote"] in (0, 1, 2) for s in streams.values())
+    assert verdict["vote_total_weight"] == sum(s["weight"] for s in streams.values())
+    assert 0 <= verdict["p_fake"] <= 1 and 0 <= verdict["ensemble_p_fake"] <= 1 and 0 <= verdict["hybrid_p_fake"] <= 1
+    assert list(verdict["probe_names"]) == ["jpeg50", "h264"] and len(verdict["probe_p_fake"]) == 2
+    assert verdict["stability"] == pytest.approx(max(verdict["p_fake"], *verdict["probe_p_fake"])
+                                                 - min(verdict["p_fake"], *verdict["probe_p_fake"]))
+    faces = pd.read_parquet(tmp_path / "out" / "faces")
+    assert len(faces) == verdict["n_faces"]
+    for column in ("p_fake", "hybrid_p_fake", "texture_p_fake", "facial_p_fake", "fusion_p_fake", "fusion_logit"):
+        assert faces[column].notna().all(), column
