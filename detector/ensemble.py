@@ -12,6 +12,7 @@ Calibration and voting live in ``detector.voting``; this module only computes lo
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -201,7 +202,7 @@ class EnsembleDetector(nn.Module):
                                           **config.backbone_kwargs)
         self.prefix = self.backbone.num_prefix_tokens
         self.grid = tuple(self.backbone.patch_embed.grid_size)
-        self.clip = open_clip.create_model(config.clip_model, pretrained=None, load_weights=False, **config.clip_kwargs)
+        self.clip = create_clip(config)
         self.clip.requires_grad_(False)
         # The tokenizer ships inside open_clip; the prompts never change, so tokenise them once.
         self.register_buffer("prompt_tokens", open_clip.get_tokenizer(config.clip_model)(list(config.prompts)),
@@ -259,6 +260,17 @@ class EnsembleDetector(nn.Module):
         logits = self.score_faces(faces)
         logits["texture"] = self.score_frames(faces if frames is None else frames)
         return {name: logits[name] for name in STREAMS}
+
+
+def create_clip(config: EnsembleConfig) -> nn.Module:
+    """open_clip warns on the root logger that no pretrained weights were loaded: here that is by
+    design (weights come from ``load_clip_checkpoint`` or our own file), and the warning would
+    turn every CLI error into two lines."""
+    logging.disable(logging.WARNING)
+    try:
+        return open_clip.create_model(config.clip_model, pretrained=None, load_weights=False, **config.clip_kwargs)
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 def resize_to(pixels: torch.Tensor, size: int) -> torch.Tensor:

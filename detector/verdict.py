@@ -109,6 +109,10 @@ def judge_video(streams: list[StreamScores], frame_index: np.ndarray, aggregatio
         detectors[detector] = (combined_probability({n: p_video[n] for n in names}, {n: weights[n] for n in names}),
                                own.label)
     n_faces = len(frames)
+    if not any(weights.values()):
+        # Every stream was judged unreliable on validation: record their scores and votes,
+        # but give no probability that would read as a confidence.
+        return VideoVerdict(None, vote.label, vote, [None] * n_faces, results, detectors, [], None)
     face_p = [combined_probability({n: float(p[i]) for n, p in p_faces.items()}, weights) for i in range(n_faces)]
     n_probes = max((len(s.probe_logits) for s in streams), default=0)
     probe_p = []

@@ -51,3 +51,10 @@ def test_stability_is_the_spread_of_p_fake_across_probes():
     verdict = judge_video([stream("hybrid", "hybrid", [2.0], 1, probes=([2.0], [0.0]))], np.array([0]), "mean")
     assert verdict.probe_p_fake == pytest.approx([0.8808, 0.5], abs=1e-3)
     assert verdict.stability == pytest.approx(0.8808 - 0.5, abs=1e-3)
+
+
+def test_streams_that_all_weigh_zero_give_no_probability():
+    verdict = judge_video([stream("ensemble", "facial", [3.0], 0), stream("ensemble", "fusion", [3.0], 0)],
+                          np.array([0]), "mean")
+    assert verdict.p_fake is None and verdict.label == "uncertain" and verdict.face_p_fake == [None]
+    assert [s.band for s in verdict.streams] == ["high", "high"]
