@@ -158,7 +158,8 @@ def run_train_hybrid(config: HybridTrainConfig) -> dict[str, Any]:
     calibration = calibrate_file(model_dir / WEIGHTS_FILE, crops, data_fs, config.val_limit, config.seed)
     if calibration is not None:
         metrics.update(calibration_metrics(calibration.calibration))
-        tracking.log_files(tracking_uri, run_id, write_reports(calibration, model_dir), {})
+        tracking.log_files(tracking_uri, run_id, write_reports(calibration, model_dir),
+                           calibration_metrics(calibration.calibration))
     card = model_card(config, metrics, run_id)
     (model_dir / "MODEL_CARD.md").write_text(card)
     version = tracking.log_and_register_model(

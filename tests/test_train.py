@@ -142,7 +142,9 @@ def test_scan_loads_the_registered_model(trained, ray_cluster, short_face_video,
     assert "no trained weights" not in result.stderr
     verdict = pd.read_parquet(tmp_path / "out" / "verdicts").iloc[0]
     assert verdict["model_name"] == "fakescan-hybrid" and verdict["model_version"] == "1"
-    assert verdict["model_trained"] and verdict["p_fake"] is not None and 0 <= verdict["p_fake"] <= 1
+    # The tiny model's own calibrated probability; whether it also sets p_fake depends on the
+    # reliability weight its validation AUC earned (0 below 0.6).
+    assert verdict["model_trained"] and 0 <= verdict["hybrid_p_fake"] <= 1
     assert verdict["label"] in ("fake", "uncertain", "real")
 
 
@@ -228,10 +230,10 @@ def test_calibration_round_trips_through_mlflow(trained_ensemble, prepared, tmp_
     assert "texture_ece" in run.data.metrics
 
 
-def test_scan_with_both_detectors_writes_streams_bands_votes_and_stability(trained, trained_ensemble, ray_cluster,
+def test_scan_with_both_detectors_writes_streams_bands_votes_and_stability(trained_ensemble, ray_cluster,
                                                                             short_face_video, tmp_path):
+    # The bundled hybrid starter votes with weight 1; the one-epoch ensemble's weight may be 0.
     result = run_fakescan("scan", str(short_face_video), "--out", str(tmp_path / "out"), "--frames", "4",
-                          "--model", str(trained["out"] / "model" / "weights.safetensors"),
                           "--ensemble-model", "models:/fakescan-ensemble@champion",
                           "--tracking-uri", trained_ensemble["tracking_uri"], "--detectors", "hybrid,ensemble",
                           "--probes", "jpeg50,h264", "--no-progress")
@@ -242,6 +244,7 @@ def test_scan_with_both_detectors_writes_streams_bands_votes_and_stability(train
     assert set(streams) == {"hybrid", "texture", "facial", "fusion"}
     assert all(s["band"] in ("high", "uncertain", "low") and s["vote"] in (0, 1, 2) for s in streams.values())
     assert verdict["vote_total_weight"] == sum(s["weight"] for s in streams.values())
+    assert verdict["vote_total_weight"] >= 1
     assert 0 <= verdict["p_fake"] <= 1 and 0 <= verdict["ensemble_p_fake"] <= 1 and 0 <= verdict["hybrid_p_fake"] <= 1
     assert list(verdict["probe_names"]) == ["jpeg50", "h264"] and len(verdict["probe_p_fake"]) == 2
     assert verdict["stability"] == pytest.approx(max(verdict["p_fake"], *verdict["probe_p_fake"])
