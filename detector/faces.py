@@ -1,8 +1,10 @@
 """Face detection and cropping with facenet-pytorch's MTCNN.
 
-Detection runs on a copy of the frames scaled so the long side is near
-``detect_long_side`` (MTCNN's CPU side dominates its cost and grows with pixels);
-crops are cut from the full-resolution frames so the detectors see every detail.
+Detection runs on a copy of the frames scaled so the long side is at most
+``detect_long_side`` (MTCNN's CPU side dominates its cost and grows with pixels),
+with ``min_face_size`` scaled to match; crops are cut from the full-resolution
+frames so the detectors see every detail. On a GPU the frames travel as uint8 and
+are resized there, and frames of several videos share one MTCNN batch.
 MTCNN's weights ship inside the facenet-pytorch wheel: nothing is downloaded.
 """
 from __future__ import annotations
@@ -15,16 +17,33 @@ import torch.nn.functional as F
 from facenet_pytorch import MTCNN
 
 
+# P-Net's window: MTCNN sees no face smaller than this, and a smaller minimum only upsamples.
+MTCNN_WINDOW = 12
+
+
 @dataclass(frozen=True)
 class FaceCropConfig:
     detect_long_side: int = 640
-    # At the detection resolution; 20 px there is about 40 px in a 1280-wide frame.
+    # At a frame detect_long_side long (20 px there is about 40 px in a 1280-wide frame). A
+    # smaller frame is detected at its own size with this scaled down in proportion, so the
+    # smallest face found is the same share of the frame at every resolution.
     min_face_size: int = 20
     min_prob: float = 0.90
     # Context around the box on every side, as a fraction of the box's longer side.
     margin: float = 0.2
     crop_size: int = 224
     max_faces_per_frame: int = 16
+    # Frames per MTCNN call: one video's on a CPU; on a GPU larger batches (across videos of the
+    # same detection size) keep it busy.
+    detect_batch_size: int = 32
+
+    def detection_size(self, height: int, width: int) -> tuple[int, int]:
+        scale = min(1.0, self.detect_long_side / max(height, width))
+        return max(1, round(height * scale)), max(1, round(width * scale))
+
+    def min_face_at(self, long_side: int) -> int:
+        """``min_face_size`` for a detection frame whose long side is ``long_side``."""
+        return max(MTCNN_WINDOW, round(self.min_face_size * min(1.0, long_side / self.detect_long_side)))
 
 
 @dataclass(frozen=True)
@@ -37,15 +56,31 @@ class FaceCrop:
     landmarks: np.ndarray  # (5, 2) float32
 
 
-def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resize a (N, H, W, 3) uint8 batch with antialiasing."""
-    if frames.shape[1:3] == (height, width):
-        return frames
+def upload_frames(frames: np.ndarray, device: str | torch.device) -> torch.Tensor:
+    """(N, H, W, 3) uint8 frames as a tensor on ``device``: on a GPU through pinned memory, as
+    uint8 (a quarter of float's bytes), without blocking the host."""
     # Arrow hands over read-only views; torch wants a writable buffer.
     frames = np.ascontiguousarray(frames) if frames.flags.writeable else np.array(frames)
-    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
-    x = F.interpolate(x, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
-    return x.clamp_(0, 255).round_().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    x = torch.from_numpy(frames)
+    if torch.device(device).type == "cuda":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x
+
+
+def resize_pixels(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(N, H, W, 3) uint8 tensor → (N, height, width, 3) float, antialiased and rounded to whole
+    values, on the tensor's device: the same numbers on a CPU and on a GPU."""
+    x = x.permute(0, 3, 1, 2).float()
+    if x.shape[-2:] != (height, width):
+        x = F.interpolate(x, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+    return x.clamp_(0, 255).round_().permute(0, 2, 3, 1)
+
+
+def resize_frames(frames: np.ndarray, height: int, width: int, device: str | torch.device = "cpu") -> np.ndarray:
+    """Resize a (N, H, W, 3) uint8 batch with antialiasing, computing on ``device``."""
+    if frames.shape[1:3] == (height, width):
+        return frames
+    return resize_pixels(upload_frames(frames, device), height, width).to(torch.uint8).cpu().numpy()
 
 
 def square_box(box: np.ndarray, margin: float) -> tuple[int, int, int, int]:
@@ -68,42 +103,78 @@ def cut_square(frame: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
     return out
 
 
+Detections = tuple[np.ndarray, np.ndarray, np.ndarray]  # one frame's boxes (k, 4), probs (k,), points (k, 5, 2)
+
+
 class FaceCropper:
-    """Finds every face in a batch of same-sized frames and returns aligned square crops."""
+    """Finds every face in batches of frames and returns aligned square crops."""
 
     def __init__(self, config: FaceCropConfig = FaceCropConfig(), device: str = "cpu") -> None:
         self.config = config
-        self.device = device
-        self.mtcnn = MTCNN(keep_all=True, min_face_size=config.min_face_size, post_process=False, device=device)
+        self.device = torch.device(device)
+        self.mtcnn = MTCNN(keep_all=True, min_face_size=config.min_face_size, post_process=False, device=self.device)
 
-    def detect(self, frames: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
-        """Boxes and (5, 2) landmarks, in full-resolution pixels, and probabilities per frame."""
-        n, h, w = frames.shape[:3]
-        scale = min(1.0, self.config.detect_long_side / max(h, w))
-        small = resize_frames(frames, max(1, round(h * scale)), max(1, round(w * scale)))
+    def detection_frames(self, frames: np.ndarray) -> np.ndarray | torch.Tensor:
+        """The frames at detection size: on a GPU, a float tensor resized there."""
+        height, width = self.config.detection_size(*frames.shape[1:3])
+        if self.device.type == "cuda":
+            return resize_pixels(upload_frames(frames, self.device), height, width)
+        return resize_frames(frames, height, width)
+
+    def run_mtcnn(self, small: np.ndarray | torch.Tensor) -> list[Detections]:
+        """MTCNN on same-sized detection frames; boxes and points in detection pixels."""
+        self.mtcnn.min_face_size = self.config.min_face_at(max(small.shape[1:3]))
         batch_boxes, batch_probs, batch_points = self.mtcnn.detect(small, landmarks=True)
-        boxes_out, probs_out, points_out = [], [], []
+        found: list[Detections] = []
         for boxes, probs, points in zip(batch_boxes, batch_probs, batch_points):
             if boxes is None:
-                boxes_out.append(np.zeros((0, 4), np.float32))
-                probs_out.append(np.zeros((0,), np.float32))
-                points_out.append(np.zeros((0, 5, 2), np.float32))
+                found.append((np.zeros((0, 4), np.float32), np.zeros((0,), np.float32),
+                              np.zeros((0, 5, 2), np.float32)))
                 continue
             probs = np.asarray(probs, dtype=np.float32)
             keep = np.argsort(-probs)[: self.config.max_faces_per_frame]
             keep = keep[probs[keep] >= self.config.min_prob]
-            boxes_out.append((np.asarray(boxes, np.float32)[keep] / scale).astype(np.float32))
-            probs_out.append(probs[keep])
-            points_out.append((np.asarray(points, np.float32)[keep] / scale).astype(np.float32))
-        return boxes_out, probs_out, points_out
+            found.append((np.asarray(boxes, np.float32)[keep], probs[keep], np.asarray(points, np.float32)[keep]))
+        return found
 
-    def crop_faces(self, frames: np.ndarray) -> list[FaceCrop]:
-        if len(frames) == 0:
-            return []
-        boxes, probs, points = self.detect(frames)
+    def detect_many(self, videos: list[np.ndarray]) -> list[list[Detections]]:
+        """Every frame's detections in full-resolution pixels, per video. Frames of videos that
+        share a detection size share MTCNN batches of up to ``detect_batch_size`` frames."""
+        groups: dict[tuple[int, int], list[tuple[int, np.ndarray | torch.Tensor]]] = {}
+        for index, frames in enumerate(videos):
+            if len(frames):
+                small = self.detection_frames(frames)
+                groups.setdefault(tuple(small.shape[1:3]), []).append((index, small))
+        in_small: list[list[Detections]] = [[] for _ in videos]
+        step = self.config.detect_batch_size
+        for members in groups.values():
+            owners = [index for index, small in members for _ in range(len(small))]
+            stacked = torch.cat([s for _, s in members]) if self.device.type == "cuda" else \
+                np.concatenate([s for _, s in members])
+            for start in range(0, len(stacked), step):
+                chunk = stacked[start : start + step]
+                for index, detections in zip(owners[start : start + step], self.run_mtcnn(chunk)):
+                    in_small[index].append(detections)
+        found: list[list[Detections]] = []
+        for frames, detections in zip(videos, in_small):
+            if not len(frames):
+                found.append([])
+                continue
+            height, width = self.config.detection_size(*frames.shape[1:3])
+            to_full = np.array([frames.shape[2] / width, frames.shape[1] / height], np.float32)
+            found.append([((boxes.reshape(-1, 2, 2) * to_full).reshape(-1, 4), probs, points * to_full)
+                          for boxes, probs, points in detections])
+        return found
+
+    def detect(self, frames: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+        """Boxes and (5, 2) landmarks, in full-resolution pixels, and probabilities per frame."""
+        found = self.detect_many([frames])[0]
+        return [d[0] for d in found], [d[1] for d in found], [d[2] for d in found]
+
+    def cut_faces(self, frames: np.ndarray, detections: list[Detections]) -> list[FaceCrop]:
         size = self.config.crop_size
         faces: list[FaceCrop] = []
-        for index, (frame_boxes, frame_probs, frame_points) in enumerate(zip(boxes, probs, points)):
+        for index, (frame_boxes, frame_probs, frame_points) in enumerate(detections):
             for box, prob, landmarks in zip(frame_boxes, frame_probs, frame_points):
                 square = square_box(box, self.config.margin)
                 patch = cut_square(frames[index], square)
@@ -112,3 +183,10 @@ class FaceCropper:
                 faces.append(FaceCrop(index, tuple(float(v) for v in box), float(prob), crop,
                                       in_crop.astype(np.float32)))
         return faces
+
+    def crop_faces_many(self, videos: list[np.ndarray]) -> list[list[FaceCrop]]:
+        """``crop_faces`` for several videos, detected together."""
+        return [self.cut_faces(frames, found) for frames, found in zip(videos, self.detect_many(videos))]
+
+    def crop_faces(self, frames: np.ndarray) -> list[FaceCrop]:
+        return self.crop_faces_many([frames])[0]

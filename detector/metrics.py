@@ -84,3 +84,22 @@ def reliability_curve(probabilities: np.ndarray, labels: np.ndarray, n_bins: int
         "fraction_fake": [float(s / c) if f else None for s, c, f in zip(sum_y, count, filled)],
         "count": [int(c) for c in count],
     }
+
+
+def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ROC curve as false- and true-positive rates, from (0, 0) to (1, 1), one point per
+    distinct score taken as the threshold (``score >= t`` means fake), highest first. Tied
+    scores move both rates in one step, so the trapezoidal area under the curve equals
+    ``roc_auc``. A rate whose class is absent is NaN."""
+    labels = np.asarray(labels).astype(bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    if labels.shape != scores.shape:
+        raise ValueError(f"scores of shape {scores.shape} for labels of shape {labels.shape}")
+    order = np.argsort(-scores, kind="mergesort")
+    sorted_scores, sorted_labels = scores[order], labels[order]
+    # The last index of each run of equal scores: every sample up to it is called fake.
+    last_of_tie = np.r_[np.flatnonzero(np.diff(sorted_scores)), len(scores) - 1] if len(scores) else np.array([], int)
+    true_pos = np.r_[0, np.cumsum(sorted_labels)[last_of_tie]].astype(np.float64)
+    false_pos = np.r_[0, np.cumsum(~sorted_labels)[last_of_tie]].astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return false_pos / false_pos[-1], true_pos / true_pos[-1]

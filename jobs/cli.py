@@ -7,6 +7,7 @@ those videos have their own ``error`` rows.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -41,6 +42,11 @@ def split_ratios(text: str) -> tuple[float, float, float]:
     return values  # type: ignore[return-value]
 
 
+def absolute(uri: str | None) -> str | None:
+    """Local paths made absolute: Ray workers do not run in the caller's directory."""
+    return uri if uri is None or "://" in uri else str(Path(uri).absolute())
+
+
 def name_list(text: str) -> tuple[str, ...]:
     names = tuple(n.strip() for n in text.split(",") if n.strip())
     if not names:
@@ -49,48 +55,10 @@ def name_list(text: str) -> tuple[str, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from detector.degrade import PROBES
-    from detector.verdict import AGGREGATIONS
-
     parser = OneLineParser(prog="fakescan", description="Find deepfakes in video archives with Ray.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
-
-    scan = commands.add_parser("scan", help="scan videos and write Parquet verdicts",
-                               description="Scan every video under SOURCE and write one verdict per video to "
-                                           "DEST/verdicts/ and one row per face to DEST/faces/ (Parquet).")
-    scan.add_argument("source", metavar="SOURCE",
-                      help="a video file, a local folder, or s3://bucket/prefix (listed recursively)")
-    scan.add_argument("--out", required=True, metavar="DEST", help="local folder or s3://bucket/prefix for results")
-    scan.add_argument("--model", default=None,
-                      help="models:/NAME@ALIAS or models:/NAME/VERSION from the MLflow registry, hybrid weights "
-                           "(.safetensors path or s3:// URI), or a config name such as hybrid_b0 (random weights, "
-                           "verdicts marked untrained); default: the bundled starter model")
-    scan.add_argument("--ensemble-model", default=None,
-                      help="the ensemble's model, in the same forms as --model (config names: ensemble_giant, "
-                           "ensemble_small, ensemble_tiny); default: the bundled starter ensemble")
-    scan.add_argument("--detectors", type=name_list, default=None, metavar="NAMES",
-                      help="detectors to run, e.g. hybrid,ensemble (default: every detector that has a model)")
-    scan.add_argument("--probes", type=name_list, default=(), metavar="NAMES",
-                      help=f"also score every face under these degradations and report the spread of p_fake as "
-                           f"'stability' (choose from {', '.join(PROBES)})")
-    scan.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for models:/ (default "
-                      "$MLFLOW_TRACKING_URI)")
-    scan.add_argument("--frames", type=positive_int, default=32, help="frames sampled per video, evenly spaced "
-                      "(default 32)")
-    scan.add_argument("--s3-endpoint", default=os.environ.get("FAKESCAN_S3_ENDPOINT"), metavar="URL",
-                      help="S3 endpoint for non-AWS stores (Ceph, MinIO); credentials and region come from the "
-                           "standard AWS_* environment variables")
-    scan.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                      help="skip videos that already have a verdict in DEST (default: --resume)")
-    scan.add_argument("--limit", type=positive_int, default=None, help="scan at most N videos not yet done")
-    scan.add_argument("--aggregation", default="max_face_mean", choices=sorted(AGGREGATIONS),
-                      help="frame → video rule (default max_face_mean)")
-    scan.add_argument("--rows-per-file", type=positive_int, default=1000,
-                      help="videos per Parquet part (default 1000); parts are also flushed every --flush-seconds")
-    scan.add_argument("--flush-seconds", type=float, default=60.0,
-                      help="longest time results wait in memory before they are written (default 60)")
-    scan.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-
+    for module in COMMAND_MODULES.values():
+        importlib.import_module(module).add_parser(commands)
     prepare = commands.add_parser("prepare", help="build a labelled face-crop dataset for training",
                                   description="Find every face in labelled videos or photos and write 224x224 crops "
                                               "with label, group and split to DEST/crops/ (Parquet), plus "
@@ -154,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     ensemble.add_argument("--finetune", default=None, choices=["lora", "full", "frozen"],
                           help="what of the backbone trains (default: lora from a published checkpoint, full from "
                                "random weights)")
+    ensemble.add_argument("--grad-checkpointing", action="store_true",
+                          help="recompute the backbone's activations in the backward pass to save GPU memory (Giant "
+                               "fine-tunes)")
     ensemble.add_argument("--dinov2-weights", default=None, metavar="FILE", help="timm's DINOv2 checkpoint "
                           "(model.safetensors; path or s3://)")
     ensemble.add_argument("--clip-weights", default=None, metavar="FILE", help="open_clip's checkpoint "
@@ -197,22 +168,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_scan_command(args: argparse.Namespace) -> int:
-    from jobs.scan import ScanConfig, default_ensemble_model, default_model, run_scan
-
-    config = ScanConfig(
-        source=args.source, out=args.out.rstrip("/"), model=args.model or default_model(),
-        ensemble_model=args.ensemble_model or default_ensemble_model(), detectors=args.detectors, probes=args.probes,
-        frames=args.frames,
-        s3_endpoint=args.s3_endpoint, resume=args.resume, limit=args.limit, aggregation=args.aggregation,
-        rows_per_file=args.rows_per_file, flush_seconds=args.flush_seconds, progress=not args.no_progress,
-        tracking_uri=args.tracking_uri,
-    )
-    summary = run_scan(config)
-    print(summary.line())
-    return 0
-
-
 def run_prepare_command(args: argparse.Namespace) -> int:
     from jobs.prepare import PrepareConfig, run_prepare
 
@@ -229,11 +184,11 @@ def run_train_command(args: argparse.Namespace) -> int:
     from jobs.train_hybrid import HybridTrainConfig, run_train_hybrid
 
     config = HybridTrainConfig(
-        data=args.data.rstrip("/"), out=args.out, storage=args.storage, name=args.name, model=args.model, init=args.init,
-        mode=args.mode, workers=args.workers, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        pgd_steps=args.pgd_steps, val_pgd_limit=args.val_pgd_limit, use_gpu=args.use_gpu,
-        max_failures=args.max_failures, tracking_uri=args.tracking_uri, register_as=args.register_as,
-        alias=args.alias, s3_endpoint=args.s3_endpoint, seed=args.seed,
+        data=args.data.rstrip("/"), out=args.out, storage=args.storage, name=args.name, model=args.model,
+        init=absolute(args.init), mode=args.mode, workers=args.workers, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, pgd_steps=args.pgd_steps, val_pgd_limit=args.val_pgd_limit,
+        use_gpu=args.use_gpu, max_failures=args.max_failures, tracking_uri=args.tracking_uri,
+        register_as=args.register_as, alias=args.alias, s3_endpoint=args.s3_endpoint, seed=args.seed,
     )
     result = run_train_hybrid(config)
     shown = ", ".join(f"{k} {v:.3f}" for k, v in sorted(result["metrics"].items()) if k.startswith("val_"))
@@ -246,7 +201,9 @@ def run_train_ensemble_command(args: argparse.Namespace) -> int:
 
     config = EnsembleTrainConfig(
         data=args.data.rstrip("/"), out=args.out, storage=args.storage, name=args.name, model=args.model,
-        finetune=args.finetune, dinov2_weights=args.dinov2_weights, clip_weights=args.clip_weights, init=args.init,
+        finetune=args.finetune, grad_checkpointing=args.grad_checkpointing,
+        dinov2_weights=absolute(args.dinov2_weights), clip_weights=absolute(args.clip_weights),
+        init=absolute(args.init),
         workers=args.workers, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, use_gpu=args.use_gpu,
         max_failures=args.max_failures, tracking_uri=args.tracking_uri, register_as=args.register_as,
         alias=args.alias, s3_endpoint=args.s3_endpoint, seed=args.seed,
@@ -285,7 +242,9 @@ def run_samples_command(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"scan": run_scan_command, "prepare": run_prepare_command, "train": run_train_command,
+# Commands that keep their parser beside them: each module has add_parser(commands) and run(args).
+COMMAND_MODULES = {"scan": "jobs.cli_scan", "evaluate": "jobs.cli_evaluate", "report": "jobs.cli_report"}
+COMMANDS = {"prepare": run_prepare_command, "train": run_train_command,
             "calibrate": run_calibrate_command, "samples": run_samples_command}
 
 
@@ -295,6 +254,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
+        if args.command in COMMAND_MODULES:
+            return importlib.import_module(COMMAND_MODULES[args.command]).run(args)
         return COMMANDS[args.command](args)
     except (SourceError, RegistryError, FileNotFoundError, PermissionError) as exc:
         print(f"fakescan: error: {exc}", file=sys.stderr)

@@ -13,7 +13,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,8 @@ import pyarrow.compute as pc
 from detector.faces import FaceCropConfig
 from detector.degrade import PROBES
 from detector.verdict import AGGREGATIONS
+from jobs.scan_gpu import DevicePlan, mps_daemon, plan_devices
+from jobs.scan_metrics import ScanRun, ScanTally, StageStats
 from jobs.tracking import fetch_registered_weights
 from pipelines.decode import DecodeConfig, decode_videos
 from pipelines.faces import CropFaces
@@ -40,6 +42,7 @@ WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "detector" / "weights"
 STARTER_MODEL = WEIGHTS_DIR / "hybrid_starter.safetensors"
 STARTER_ENSEMBLE = WEIGHTS_DIR / "ensemble_starter.safetensors"
 DETECTORS = ("hybrid", "ensemble")
+EXPLAINABLE_LABELS = ("fake", "uncertain", "real")  # labels of videos that have faces
 
 
 def default_model() -> str:
@@ -79,11 +82,23 @@ class ScanConfig:
     score_cpus: float = 0.25
     ensemble_cpus: float = 0.25
     probes_cpus: float = 0.25
-    faces_gpus: float = 0.25
-    score_gpus: float = 0.25
-    ensemble_gpus: float = 0.25
+    # On a GPU cluster (jobs/scan_gpu.py; ignored without a GPU): each GPU holds two MTCNN actors,
+    # one ensemble and one hybrid actor, under CUDA MPS; 0.1 of each is left for other actors.
+    faces_gpus: float = 0.2  # per MTCNN actor
+    faces_actors_per_gpu: int = 2
+    score_gpus: float = 0.1
+    ensemble_gpus: float = 0.4
+    gpu_detect_batch: int = 128  # frames per MTCNN call (whole videos of the same detection size)
+    gpu_hybrid_batch: int = 512  # face crops per forward pass
+    gpu_ensemble_batch: int = 64
+    gpu_videos_per_call: int = 16  # videos per call of a model actor: their crops share batches
+    gpu_autocast: str = "bf16"  # bf16 | off
+    channels_last: bool = True
+    mps: bool = True  # start CUDA MPS for the scan when actors share a GPU
     progress: bool = True
     tracking_uri: str | None = None
+    explain: tuple[str, ...] = ()  # labels whose videos get heatmaps (scan --explain), e.g. ("fake",)
+    explain_faces: int = 4  # most suspicious faces explained per flagged video
 
 
 @dataclass
@@ -95,6 +110,10 @@ class ScanSummary:
     statuses: Counter
     labels: Counter
     elapsed_s: float
+    frames: int = 0
+    faces: int = 0
+    stages: dict[str, StageStats] = field(default_factory=dict)  # throughput per stage, from the rows' timings
+    mlflow_run_id: str | None = None
 
     def line(self) -> str:
         status = ", ".join(f"{k} {v}" for k, v in sorted(self.statuses.items())) or "none"
@@ -151,14 +170,21 @@ def pool_size(per_actor_cpus: float, share: float) -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1) * share / per_actor_cpus))
 
 
-def build_dataset(config: ScanConfig, todo: pa.Table, storage_options: dict[str, Any], run_id: str,
-                  models: dict[str, dict[str, Any]]):
-    """``models`` maps each enabled detector to its stage's constructor arguments."""
+def cluster_plan(config: ScanConfig, models: dict[str, dict[str, Any]]) -> DevicePlan:
     import ray
-    from ray.data import ActorPoolStrategy
+
+    resources = ray.cluster_resources()
+    return plan_devices(config, resources.get("CPU", 1), resources.get("GPU", 0), tuple(models))
+
+
+def build_dataset(config: ScanConfig, todo: pa.Table, storage_options: dict[str, Any], run_id: str,
+                  models: dict[str, dict[str, Any]], plan: DevicePlan | None = None):
+    """``models`` maps each enabled detector to its stage's constructor arguments; ``plan``
+    defaults to the cluster's (``cluster_plan``)."""
+    import ray
 
     quiet_ray_data()
-    has_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    plan = plan or cluster_plan(config, models)
     per_block = max(1, math.ceil(todo.num_rows / 1000))
     blocks = [todo.slice(i, per_block) for i in range(0, todo.num_rows, per_block)]
     common = {"batch_format": "pyarrow", "zero_copy_batch": True}
@@ -167,24 +193,39 @@ def build_dataset(config: ScanConfig, todo: pa.Table, storage_options: dict[str,
                         "max_bytes": config.max_read_bytes}, batch_size=1, num_cpus=config.decode_cpus, **common)
     ds = ds.map_batches(decode_videos, fn_kwargs={"config": DecodeConfig(config.frames, config.max_side)},
                         batch_size=1, num_cpus=config.decode_cpus, **common)
-    faces_config = FaceCropConfig(detect_long_side=config.detect_long_side)
+    faces_config = FaceCropConfig(detect_long_side=config.detect_long_side, detect_batch_size=plan.faces.batch_size)
     scene_size = models["ensemble"]["scene_size"] if "ensemble" in models else None
-    ds = ds.map_batches(CropFaces, fn_constructor_kwargs={"config": faces_config, "scene_size": scene_size},
-                        batch_size=1, compute=ActorPoolStrategy(min_size=1, max_size=pool_size(config.faces_cpus, 0.5)),
-                        num_cpus=config.faces_cpus, num_gpus=config.faces_gpus if has_gpu else 0, **common)
+    ds = ds.map_batches(CropFaces, fn_constructor_kwargs={"config": faces_config, "scene_size": scene_size,
+                                                          "device": plan.device},
+                        **plan.faces.map_batches_args(), **common)
     if config.probes:
         ds = ds.map_batches(degrade_faces, fn_kwargs={"probes": config.probes}, batch_size=1,
                             num_cpus=config.probes_cpus, **common)
-    stages = {"hybrid": (ScoreFaces, config.score_cpus, config.score_gpus),
-              "ensemble": (ScoreEnsemble, config.ensemble_cpus, config.ensemble_gpus)}
+    stages = {"hybrid": ScoreFaces, "ensemble": ScoreEnsemble}
     for detector, kwargs in models.items():
-        stage, cpus, gpus = stages[detector]
-        kwargs = {k: v for k, v in kwargs.items() if k != "scene_size"}
-        ds = ds.map_batches(stage, fn_constructor_kwargs=kwargs, batch_size=4,
-                            compute=ActorPoolStrategy(min_size=1, max_size=pool_size(cpus, 0.25)),
-                            num_cpus=cpus, num_gpus=gpus if has_gpu else 0, **common)
-    return ds.map_batches(build_verdicts, fn_kwargs={"aggregation": config.aggregation, "run_id": run_id},
-                          batch_size=4, num_cpus=0.1, **common)
+        kwargs = {k: v for k, v in kwargs.items() if k != "scene_size"} | plan.stage_kwargs(detector)
+        ds = ds.map_batches(stages[detector], fn_constructor_kwargs=kwargs,
+                            **getattr(plan, detector).map_batches_args(), **common)
+    ds = ds.map_batches(build_verdicts, fn_kwargs={"aggregation": config.aggregation, "run_id": run_id,
+                        "keep_crops": bool(config.explain)}, batch_size=4, num_cpus=0.1, **common)
+    return add_explain_stage(ds, config, models, plan) if config.explain else ds
+
+
+def add_explain_stage(ds, config: ScanConfig, models: dict[str, dict[str, Any]], plan: DevicePlan):
+    """Heatmaps for flagged videos, from the hybrid (or the ensemble's facial stream): one actor
+    with that detector pool's resources."""
+    from ray.data import ActorPoolStrategy
+
+    from pipelines.explain import ExplainFaces
+
+    detector = "hybrid" if "hybrid" in models else "ensemble"
+    out = config.out if "://" in config.out else str(Path(config.out).absolute())
+    kwargs = {"detector": detector, "model_kwargs": {k: v for k, v in models[detector].items() if k != "scene_size"},
+              "out": out, "storage_options": storage_options_for(config.out, config.s3_endpoint),
+              "labels": config.explain, "max_faces": config.explain_faces}
+    return ds.map_batches(ExplainFaces, fn_constructor_kwargs=kwargs, batch_size=4, batch_format="pyarrow",
+                          zero_copy_batch=True, compute=ActorPoolStrategy(min_size=1, max_size=1),
+                          num_cpus=getattr(plan, detector).num_cpus, num_gpus=getattr(plan, detector).num_gpus)
 
 
 def resolve_models(config: ScanConfig) -> dict[str, dict[str, Any]]:
@@ -226,6 +267,9 @@ def run_scan(config: ScanConfig) -> ScanSummary:
     started = time.monotonic()
     if config.aggregation not in AGGREGATIONS:
         raise SourceError(f"unknown aggregation {config.aggregation!r}; choose from {', '.join(AGGREGATIONS)}")
+    unknown_labels = sorted(set(config.explain) - set(EXPLAINABLE_LABELS))
+    if unknown_labels:
+        raise SourceError(f"cannot explain label {unknown_labels[0]!r}; choose from {', '.join(EXPLAINABLE_LABELS)}")
     src_options = storage_options_for(config.source, config.s3_endpoint)
     out_options = storage_options_for(config.out, config.s3_endpoint)
     manifest = list_videos(config.source, src_options)
@@ -239,22 +283,37 @@ def run_scan(config: ScanConfig) -> ScanSummary:
     if config.limit is not None:
         todo = todo.slice(0, config.limit)
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    skipped = len(done & set(manifest["video_id"].to_pylist()))
+    # Opened before Ray starts, so that a tracking server that cannot be reached fails in one line.
+    params = {k: v for k, v in asdict(config).items() if k not in ("tracking_uri", "progress")}
+    record = ScanRun(config.tracking_uri, config.out, f"scan-{run_id}",
+                     dict(params, scan_run_id=run_id, detectors=",".join(models)))
     writer = VerdictWriter(out_fs, root, run_id, config.rows_per_file, config.flush_seconds)
-    statuses: Counter = Counter()
-    labels: Counter = Counter()
+    tally = ScanTally()
 
+    try:
+        if todo.num_rows:
+            from tqdm import tqdm
+
+            init_ray()
+            plan = cluster_plan(config, models)
+            record.log_params(plan.params())
+            # MPS must run before the actors create their CUDA contexts: the dataset starts them lazily.
+            with mps_daemon(plan.mps), tqdm(total=todo.num_rows, unit="video", desc="scan", file=sys.stderr,
+                                            disable=not config.progress,
+                                            mininterval=1.0 if sys.stderr.isatty() else 10.0) as bar:
+                ds = build_dataset(config, todo.cast(MANIFEST_SCHEMA), src_options, run_id, models, plan)
+                for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+                    writer.add(batch)
+                    tally.add(batch)
+                    bar.update(batch.num_rows)
+        writer.close()
+    except BaseException:
+        record.finish(tally.metrics(manifest.num_rows, skipped, todo.num_rows, time.monotonic() - started), failed=True)
+        raise
+    elapsed = time.monotonic() - started
     if todo.num_rows:
-        from tqdm import tqdm
-
-        init_ray()
-        ds = build_dataset(config, todo.cast(MANIFEST_SCHEMA), src_options, run_id, models)
-        with tqdm(total=todo.num_rows, unit="video", desc="scan", file=sys.stderr, disable=not config.progress,
-                  mininterval=1.0 if sys.stderr.isatty() else 10.0) as bar:
-            for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-                writer.add(batch)
-                statuses.update(batch["status"].to_pylist())
-                labels.update(batch["label"].to_pylist())
-                bar.update(batch.num_rows)
-    writer.close()
-    return ScanSummary(config.out, manifest.num_rows, len(done & set(manifest["video_id"].to_pylist())),
-                       todo.num_rows, statuses, labels, time.monotonic() - started)
+        print(tally.stage_line(), file=sys.stderr)
+    record.finish(tally.metrics(manifest.num_rows, skipped, todo.num_rows, elapsed))
+    return ScanSummary(config.out, manifest.num_rows, skipped, todo.num_rows, tally.statuses, tally.labels, elapsed,
+                       tally.frames, tally.faces, tally.stages, record.run_id)

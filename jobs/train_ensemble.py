@@ -44,6 +44,9 @@ class EnsembleTrainConfig:
     name: str | None = None
     model: str = "ensemble_giant"
     finetune: str | None = None  # default: lora on a published backbone, full on a random one
+    # Recompute the backbone blocks' activations in the backward pass (one more forward pass per
+    # step) instead of keeping them: for a Giant fine-tune whose batch does not fit otherwise.
+    grad_checkpointing: bool = False
     dinov2_weights: str | None = None
     clip_weights: str | None = None
     init: str | None = None  # our own ensemble weights to continue from
@@ -78,8 +81,10 @@ def build_model(cfg: dict[str, Any]):
     if cfg["init"]:
         model, info = create_ensemble(weights=cfg["init"])
         model.set_finetune(cfg["finetune_mode"])
-        return model, info
-    return create_ensemble(config, dinov2_weights=cfg["dinov2_weights"], clip_weights=cfg["clip_weights"])
+    else:
+        model, info = create_ensemble(config, dinov2_weights=cfg["dinov2_weights"], clip_weights=cfg["clip_weights"])
+    model.backbone.set_grad_checkpointing(cfg.get("grad_checkpointing", False))
+    return model, info
 
 
 def degrade(images: np.ndarray, engine: DegradationEngine, first_seed: int) -> np.ndarray:

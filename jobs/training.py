@@ -2,6 +2,7 @@
 TorchTrainer with checkpoints and failure handling, and the checkpoint files."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -83,7 +84,13 @@ def fit_on_ray(loop: Callable[[dict[str, Any]], None], loop_config: dict[str, An
 
     init_ray()
     quiet_ray_data()
-    use_gpu = use_gpu if use_gpu is not None else ray.cluster_resources().get("GPU", 0) >= workers
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    if use_gpu is None and 0 < gpus < workers:
+        # A GPU beats any number of CPU workers; say so rather than quietly training on CPU.
+        print(f"fakescan: {gpus} GPU(s) for {workers} workers: training with {gpus} worker(s), one per GPU",
+              file=sys.stderr)
+        workers = gpus
+    use_gpu = use_gpu if use_gpu is not None else gpus >= workers > 0
     resources, threads = worker_resources(workers, use_gpu)
     train = ray.data.read_parquet(crops.removeprefix("s3://"), filesystem=data_fs, columns=["split", "label", "image"])
     train = train.filter(expr="split == 'train'").random_shuffle(seed=None).map_batches(

@@ -1,16 +1,17 @@
-"""Score stage: a hybrid-detector actor scores every face crop of a video, and its probes."""
+"""Score stage: a hybrid-detector actor scores every face crop of its videos, and their probes,
+in batches across the videos of each call."""
 from __future__ import annotations
 
 from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
-import torch
 
-from detector.hybrid import HYBRID_CONFIGS, HybridDetector, ModelInfo, create_hybrid, preprocess_crops
+from detector.hybrid import HYBRID_CONFIGS, HybridDetector, ModelInfo, create_hybrid
 from detector.voting import DetectorCalibration
+from pipelines.inference import InferenceSettings, run_batched, split
 from pipelines.probes import probe_crops
-from pipelines.rows import SCORING_SCHEMA, stage_guard, to_table, unpack_array
+from pipelines.rows import SCORING_SCHEMA, to_table, unpack_array
 
 
 def load_hybrid(spec: str, device: str = "cpu", weights: bytes | None = None, name: str | None = None,
@@ -28,19 +29,33 @@ def load_hybrid(spec: str, device: str = "cpu", weights: bytes | None = None, na
 
 class ScoreFaces:
     def __init__(self, model_spec: str, weights: bytes | None = None, name: str | None = None,
-                 version: str | None = None, batch_size: int = 64, device: str | None = None) -> None:
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.model, self.info = load_hybrid(model_spec, self.device, weights, name, version)
-        self.model.eval()
-        self.batch_size = batch_size
+                 version: str | None = None, batch_size: int = 64, device: str | None = None,
+                 autocast: str | None = None, channels_last: bool = False) -> None:
+        self.settings = InferenceSettings.for_device(device, batch_size, autocast, channels_last)
+        self.device = self.settings.device
+        model, self.info = load_hybrid(model_spec, self.device, weights, name, version)
+        self.model = self.settings.prepare(model)
 
-    @torch.inference_mode()
     def score_crops(self, crops: np.ndarray) -> np.ndarray:
-        logits = []
-        for start in range(0, len(crops), self.batch_size):
-            x = preprocess_crops(crops[start : start + self.batch_size], self.model.config.img_size)
-            logits.append(self.model(x.to(self.device)).float().cpu().numpy())
-        return np.concatenate(logits) if logits else np.zeros((0,), np.float32)
+        if not len(crops):
+            return np.zeros((0,), np.float32)
+        return self.settings.run(lambda x: {"logit": self.model(x)}, crops, self.model.config.img_size)["logit"]
+
+    @staticmethod
+    def load(row: dict) -> np.ndarray:
+        """(1 + probes, faces, size, size, 3): the clean crops, then each probe's."""
+        n, size = len(row["face_frame"]), row["crop_size"]
+        return np.concatenate([unpack_array(row["crops"], [1, n, size, size, 3]), probe_crops(row, n, size)])
+
+    def score_videos(self, videos: list[np.ndarray]) -> list[np.ndarray]:
+        logits = self.score_crops(np.concatenate([v.reshape(-1, *v.shape[2:]) for v in videos]))
+        return [chunk.reshape(v.shape[:2]) for chunk, v in zip(split(logits, [v.shape[0] * v.shape[1] for v in videos]),
+                                                               videos)]
+
+    @staticmethod
+    def store(row: dict, logits: np.ndarray) -> None:
+        row["face_logit"] = logits[0].tolist()
+        row["face_logit_probes"] = [probe.tolist() for probe in logits[1:]]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
@@ -49,12 +64,7 @@ class ScoreFaces:
             row.update(model_name=self.info.name, model_version=self.info.version, model_trained=self.info.trained,
                        calibration_temperature=self.info.calibration.temperature,
                        calibration_bias=self.info.calibration.bias, hybrid_calibration=calibration)
-            if row["status"] != "pending":
-                continue
-            with stage_guard(row, "score"):
-                n, size = len(row["face_frame"]), row["crop_size"]
-                row["face_logit"] = self.score_crops(unpack_array(row["crops"], [n, size, size, 3])).tolist()
-                row["face_logit_probes"] = [self.score_crops(p).tolist() for p in probe_crops(row, n, size)]
+        run_batched(rows, "score", self.load, self.score_videos, self.store, cost=lambda v: v.shape[0] * v.shape[1])
         return to_table(rows, SCORING_SCHEMA)
 
 

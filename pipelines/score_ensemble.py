@@ -1,20 +1,20 @@
 """Ensemble stage: an actor with the DINOv2 + CLIP ensemble scores every face and frame.
 
 Faces get the Localized Facial and Hybrid Semantic Fusion logits (one backbone pass);
-frames get the Global Texture logit, which every face of that frame carries.
+frames get the Global Texture logit, which every face of that frame carries. The faces of
+every video in a call share batches, and so do their frames.
 """
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
-import torch
 
 from detector.ensemble import ENSEMBLE_CONFIGS, EnsembleDetector, EnsembleInfo, create_ensemble
-from detector.hybrid import preprocess_crops
+from pipelines.inference import InferenceSettings, run_batched, split
 from pipelines.probes import probe_crops
-from pipelines.rows import SCORING_SCHEMA, stage_guard, to_table, unpack_array
+from pipelines.rows import SCORING_SCHEMA, to_table, unpack_array
 
 
 def load_ensemble(spec: str, device: str = "cpu", weights: bytes | None = None, name: str | None = None,
@@ -29,53 +29,70 @@ def load_ensemble(spec: str, device: str = "cpu", weights: bytes | None = None, 
     return create_ensemble(weights=spec, device=device)
 
 
+@dataclass(frozen=True)
+class VideoInputs:
+    faces: np.ndarray  # (1 + probes, faces, size, size, 3): clean crops, then each probe's
+    frames: np.ndarray  # (frames with a face, scene, scene, 3)
+    face_to_frame: np.ndarray  # each face's index into ``frames``
+
+    @property
+    def images(self) -> int:
+        return self.faces.shape[0] * self.faces.shape[1] + len(self.frames)
+
+
 class ScoreEnsemble:
     def __init__(self, model_spec: str, weights: bytes | None = None, name: str | None = None,
-                 version: str | None = None, batch_size: int = 32, device: str | None = None) -> None:
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.model, self.info = load_ensemble(model_spec, self.device, weights, name, version)
-        self.batch_size = batch_size
+                 version: str | None = None, batch_size: int = 32, device: str | None = None,
+                 autocast: str | None = None, channels_last: bool = False) -> None:
+        self.settings = InferenceSettings.for_device(device, batch_size, autocast, channels_last)
+        self.device = self.settings.device
+        model, self.info = load_ensemble(model_spec, self.device, weights, name, version)
+        self.model = self.settings.prepare(model)
         self.calibration = self.info.calibration.to_json()
 
-    @torch.inference_mode()
     def face_logits(self, crops: np.ndarray) -> dict[str, np.ndarray]:
-        parts: dict[str, list[np.ndarray]] = {"facial": [], "fusion": []}
-        for start in range(0, len(crops), self.batch_size):
-            x = preprocess_crops(crops[start : start + self.batch_size], self.model.config.img_size)
-            for stream, logits in self.model.score_faces(x.to(self.device)).items():
-                parts[stream].append(logits.float().cpu().numpy())
-        return {k: np.concatenate(v) if v else np.zeros((0,), np.float32) for k, v in parts.items()}
+        if not len(crops):
+            return {"facial": np.zeros((0,), np.float32), "fusion": np.zeros((0,), np.float32)}
+        return self.settings.run(self.model.score_faces, crops, self.model.config.img_size)
 
-    @torch.inference_mode()
     def frame_logits(self, frames: np.ndarray) -> np.ndarray:
-        logits = [self.model.score_frames(preprocess_crops(frames[s : s + self.batch_size],
-                                                           self.model.config.img_size).to(self.device))
-                  .float().cpu().numpy() for s in range(0, len(frames), self.batch_size)]
-        return np.concatenate(logits) if logits else np.zeros((0,), np.float32)
+        if not len(frames):
+            return np.zeros((0,), np.float32)
+        return self.settings.run(lambda x: {"texture": self.model.score_frames(x)}, frames,
+                                 self.model.config.img_size)["texture"]
 
-    def score_row(self, row: dict) -> None:
+    @staticmethod
+    def load(row: dict) -> VideoInputs:
         n, size = len(row["face_frame"]), row["crop_size"]
-        faces = self.face_logits(unpack_array(row["crops"], [n, size, size, 3]))
-        scene = row["scene_size"]
+        faces = np.concatenate([unpack_array(row["crops"], [1, n, size, size, 3]), probe_crops(row, n, size)])
         if row.get("scenes") is None:
             raise ValueError("no frames for the texture stream: the faces stage ran without scene_size")
+        scene = row["scene_size"]
         frames = unpack_array(row["scenes"], [-1, scene, scene, 3])
         # Only frames with a face are scored; each face carries its frame's texture logit.
-        used, face_to_used = np.unique(np.asarray(row["face_frame"], np.int64), return_inverse=True)
-        texture = self.frame_logits(frames[used])[face_to_used]
-        probes = [self.face_logits(p) for p in probe_crops(row, n, size)]
-        row.update(face_texture_logit=texture.tolist(), face_facial_logit=faces["facial"].tolist(),
-                   face_fusion_logit=faces["fusion"].tolist(),
-                   face_facial_logit_probes=[p["facial"].tolist() for p in probes],
-                   face_fusion_logit_probes=[p["fusion"].tolist() for p in probes])
+        used, face_to_frame = np.unique(np.asarray(row["face_frame"], np.int64), return_inverse=True)
+        return VideoInputs(faces, frames[used], face_to_frame)
+
+    def score_videos(self, videos: list[VideoInputs]) -> list[dict[str, np.ndarray]]:
+        faces = self.face_logits(np.concatenate([v.faces.reshape(-1, *v.faces.shape[2:]) for v in videos]))
+        texture = self.frame_logits(np.concatenate([v.frames for v in videos]))
+        sizes = [v.faces.shape[0] * v.faces.shape[1] for v in videos]
+        per_video = zip(videos, split(faces["facial"], sizes), split(faces["fusion"], sizes),
+                        split(texture, [len(v.frames) for v in videos]))
+        return [{"facial": facial.reshape(v.faces.shape[:2]), "fusion": fusion.reshape(v.faces.shape[:2]),
+                 "texture": frame_texture[v.face_to_frame]} for v, facial, fusion, frame_texture in per_video]
+
+    @staticmethod
+    def store(row: dict, logits: dict[str, np.ndarray]) -> None:
+        row.update(face_texture_logit=logits["texture"].tolist(), face_facial_logit=logits["facial"][0].tolist(),
+                   face_fusion_logit=logits["fusion"][0].tolist(),
+                   face_facial_logit_probes=[p.tolist() for p in logits["facial"][1:]],
+                   face_fusion_logit_probes=[p.tolist() for p in logits["fusion"][1:]])
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
         for row in rows:
             row.update(ensemble_name=self.info.name, ensemble_version=self.info.version,
                        ensemble_trained=self.info.trained, ensemble_calibration=self.calibration)
-            if row["status"] != "pending":
-                continue
-            with stage_guard(row, "ensemble"):
-                self.score_row(row)
+        run_batched(rows, "ensemble", self.load, self.score_videos, self.store, cost=lambda v: v.images)
         return to_table(rows, SCORING_SCHEMA)

@@ -34,6 +34,7 @@ FACE_COLUMNS = {
     "face_facial_p_fake": "facial_p_fake",
     "face_fusion_logit": "fusion_logit",
     "face_fusion_p_fake": "fusion_p_fake",
+    "face_heatmap_uri": "heatmap_uri",
 }
 INTERNAL_COLUMNS = ("frame_numbers", "timestamps_s")
 VERDICTS_SCHEMA = pa.schema(

@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from detector.verdict import StreamResult, StreamScores, aggregate, judge_video, sigmoid
 from detector.voting import DetectorCalibration
-from pipelines.rows import BASE, VIDEO, mark_error, one_line, to_table
+from pipelines.rows import BASE, CROPS, VIDEO, mark_error, one_line, to_table
 
 ENSEMBLE_STREAMS = {"texture": "face_texture_logit", "facial": "face_facial_logit", "fusion": "face_fusion_logit"}
 STREAM_TYPE = pa.struct([
@@ -63,7 +63,9 @@ NESTED_FACE_FIELDS = [
     pa.field("face_logit", pa.list_(pa.float32())),
     pa.field("face_hybrid_p_fake", pa.list_(pa.float64())),
 ] + [f for stream, column in ENSEMBLE_STREAMS.items()
-     for f in (pa.field(column, pa.list_(pa.float32())), pa.field(f"face_{stream}_p_fake", pa.list_(pa.float64())))]
+     for f in (pa.field(column, pa.list_(pa.float32())), pa.field(f"face_{stream}_p_fake", pa.list_(pa.float64())))] + [
+    pa.field("face_heatmap_uri", pa.list_(pa.string())),  # scan --explain: PNG of crop | heatmap, else null
+]
 VERDICT_SCHEMA = pa.schema(BASE + VIDEO + VERDICT_FIELDS + NESTED_FACE_FIELDS)
 STAGE_TIMES = ("t_read_s", "t_decode_s", "t_faces_s", "t_probes_s", "t_score_s", "t_ensemble_s")
 
@@ -148,8 +150,9 @@ def verdict_for(row: dict[str, Any], aggregation: str) -> dict[str, Any]:
     return row
 
 
-def build_verdicts(batch: pa.Table, aggregation: str, run_id: str) -> pa.Table:
-    """Ray Data stage: the final, labelled row of every video."""
+def build_verdicts(batch: pa.Table, aggregation: str, run_id: str, keep_crops: bool = False) -> pa.Table:
+    """Ray Data stage: the final, labelled row of every video; ``keep_crops`` passes the crops
+    on for the explain stage, which drops them."""
     now = datetime.now(timezone.utc)
     rows = []
     for row in batch.to_pylist():
@@ -161,4 +164,4 @@ def build_verdicts(batch: pa.Table, aggregation: str, run_id: str) -> pa.Table:
             verdict_for(mark_error(row, "verdict", one_line(exc)), aggregation)
         row.update(run_id=run_id, scanned_at=now)
         rows.append(row)
-    return to_table(rows, VERDICT_SCHEMA)
+    return to_table(rows, pa.schema(list(VERDICT_SCHEMA) + CROPS) if keep_crops else VERDICT_SCHEMA)

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from detector.metrics import accuracy, roc_auc
+from detector.metrics import accuracy, roc_auc, roc_curve
 
 
 def test_auc_counts_correctly_ordered_pairs():
@@ -31,3 +31,25 @@ def test_auc_is_undefined_with_one_class():
 
 def test_accuracy_thresholds_logits_at_zero():
     assert accuracy(np.array([0, 1, 1, 0]), np.array([-2.0, 0.5, -0.1, 0.3])) == pytest.approx(0.5)
+
+
+def test_roc_curve_steps_through_each_threshold():
+    # Descending: 0.8 fake, 0.4 real, 0.35 fake, 0.1 real; each threshold calls one more sample fake.
+    fpr, tpr = roc_curve(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8]))
+    assert fpr.tolist() == [0.0, 0.0, 0.5, 0.5, 1.0]
+    assert tpr.tolist() == [0.0, 0.5, 0.5, 1.0, 1.0]
+    assert np.trapezoid(tpr, fpr) == pytest.approx(0.75)  # = roc_auc of the same data
+
+
+def test_roc_curve_takes_tied_scores_in_one_diagonal_step():
+    # 0.9 fake first; the tie at 0.5 (one real, one fake) moves both rates at once.
+    fpr, tpr = roc_curve(np.array([0, 1, 1]), np.array([0.5, 0.5, 0.9]))
+    assert fpr.tolist() == [0.0, 0.0, 1.0]
+    assert tpr.tolist() == [0.0, 0.5, 1.0]
+    assert np.trapezoid(tpr, fpr) == pytest.approx(0.75)
+
+
+def test_roc_curve_false_positive_rate_is_undefined_without_reals():
+    fpr, tpr = roc_curve(np.array([1, 1]), np.array([0.2, 0.3]))
+    assert np.isnan(fpr).all()
+    assert tpr.tolist() == [0.0, 0.5, 1.0]

@@ -1,0 +1,256 @@
+"""``fakescan evaluate``: the robustness protocol for any number of detectors side by side.
+
+    fakescan evaluate --model baseline=WEIGHTS --model robust=models:/NAME@ALIAS --data PREPARED --out OUT
+
+Each model is scored on the same labelled crops under seven scenarios (``SCENARIOS``) on
+Ray Data; a U-Net attacker is first fitted against each model on the attack split. Writes
+``evaluation.json``, ``metrics.parquet`` (accuracy, ROC AUC, ECE per model, stream and
+scenario), ``predictions.parquet``, ``analysis.parquet`` (feature cosine and heatmap
+entropy), galleries with Score-CAM heatmaps, and one MLflow run. ``fakescan report OUT``
+renders it.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from detector.protocol import ATTACKS, OVERALL, SCENARIOS
+from jobs import tracking
+from jobs.evaluate_outputs import (analysis_table, gallery_picks, metrics_table, mlflow_metrics, png_bytes_of,
+                                   put_bytes, write_table)
+from jobs.scan import init_ray, pool_size, quiet_ray_data
+from pipelines.dataset import crops_at, decode_images
+from pipelines.sources import SourceError, arrow_filesystem_for, filesystem_for, storage_options_for
+
+EVALUATION_FILE = "evaluation.json"
+
+
+@dataclass
+class EvaluateConfig:
+    models: tuple[str, ...]  # "NAME=SPEC" or "SPEC": weights path/URI or models:/NAME@ALIAS
+    data: str  # a prepared crop dataset, or a labelled video set (prepared into OUT/prepared)
+    out: str
+    split: str = "test"
+    scenarios: tuple[str, ...] = SCENARIOS
+    limit: int = 2000
+    pgd_iterations: int = 10
+    unet_steps: int = 200
+    attack_split: str = "train"
+    analysis: str | None = "gradcam"
+    gallery: int = 6
+    batch_size: int = 16
+    actor_cpus: float = 1.0
+    seed: int = 0
+    tracking_uri: str | None = None
+    s3_endpoint: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ModelUnderTest:
+    name: str
+    uri: str
+    weights: bytes
+    info: dict[str, Any]
+
+
+def parse_model(text: str) -> tuple[str, str]:
+    """``NAME=SPEC`` or a bare SPEC, named after its file or registry name."""
+    name, sep, spec = text.partition("=")
+    if sep and name and "/" not in name and ":" not in name:
+        return name, spec
+    spec = text
+    if spec.startswith("models:/"):
+        return spec.removeprefix("models:/").replace("/", "-").replace("@", "-"), spec
+    return Path(spec.rstrip("/")).stem or spec, spec
+
+
+def load_models(config: EvaluateConfig) -> list[ModelUnderTest]:
+    from detector.pretrained import read_bytes
+    from pipelines.evaluate import load_evaluated
+
+    models, seen = [], set()
+    for text in config.models:
+        name, spec = parse_model(text)
+        if name in seen:
+            raise SourceError(f"two models are named {name!r}: name them, e.g. --model baseline=PATH")
+        seen.add(name)
+        if spec.startswith("models:/"):
+            weights = tracking.fetch_registered_weights(spec, config.tracking_uri).data
+        else:
+            weights = read_bytes(spec, storage_options_for(spec, config.s3_endpoint))
+        try:
+            _, info = load_evaluated(weights, name)
+        except (ValueError, KeyError) as exc:
+            raise SourceError(f"cannot load the model {spec}: {exc}") from None
+        if not info["trained"]:
+            print(f"fakescan: warning: {name} has no trained weights", file=sys.stderr)
+        models.append(ModelUnderTest(name, spec, weights, {"name": name, "uri": spec, **info}))
+    return models
+
+
+def prepared_data(config: EvaluateConfig) -> tuple[str, str]:
+    """The crop dataset and split to evaluate on; a labelled video set is prepared first,
+    every video into the test split."""
+    data = config.data.rstrip("/")
+    fs = filesystem_for(data, storage_options_for(data, config.s3_endpoint))
+    if fs.exists(f"{data.removeprefix('file://')}/crops"):
+        return data, config.split
+    from jobs.prepare import PrepareConfig, run_prepare
+
+    prepared = f"{config.out.rstrip('/')}/prepared"
+    if not filesystem_for(prepared, storage_options_for(prepared, config.s3_endpoint)).exists(
+            f"{prepared.removeprefix('file://')}/crops"):
+        print(run_prepare(PrepareConfig(source=data, out=prepared, split_ratios=(0.0, 0.0, 1.0),
+                                        s3_endpoint=config.s3_endpoint)).line(), file=sys.stderr)
+    config.notes.append(f"{data} is a labelled video set: prepared into {prepared}, every video in the test split")
+    return prepared, "test"
+
+
+def read_crops(data: str, split: str, s3_endpoint: str | None, limit: int, seed: int) -> pa.Table:
+    """(crop_id, label, image) of one split, a seeded random sample of at most ``limit``."""
+    try:
+        table = crops_at(f"{data}/crops", arrow_filesystem_for(data, s3_endpoint)).to_table(
+            columns=["crop_id", "label", "image"], filter=pc.field("split") == split).sort_by("crop_id")
+    except FileNotFoundError:
+        raise SourceError(f"no crop dataset at {data}: run fakescan prepare first") from None
+    order = np.random.default_rng(seed).permutation(table.num_rows)[:limit]
+    return table.take(pa.array(np.sort(order), pa.int64()))
+
+
+def fit_attackers(config: EvaluateConfig, models: list[ModelUnderTest], data: str) -> dict[str, bytes | None]:
+    import ray
+
+    from pipelines.evaluate import fit_attacker
+
+    if not ATTACKS.intersection(config.scenarios) - {"pgd"} or config.unet_steps < 1:
+        return {m.name: None for m in models}
+    table = read_crops(data, config.attack_split, config.s3_endpoint, 512, config.seed)
+    if len(set(table["label"].to_pylist())) < 2:
+        config.notes.append(f"the {config.attack_split} split lacks real or fake crops: the U-Net attackers were "
+                            f"fitted on the evaluated {config.split} split")
+        table = read_crops(data, config.split, config.s3_endpoint, 512, config.seed)
+    decoded = decode_images(table)
+    task = ray.remote(fit_attacker).options(num_cpus=config.actor_cpus)
+    refs = {m.name: task.remote(m.weights, m.name, decoded["pixels"], decoded["label"], config.unet_steps,
+                                config.seed) for m in models}
+    return {name: ray.get(ref) for name, ref in refs.items()}
+
+
+def score_model(config: EvaluateConfig, model: ModelUnderTest, crops: pa.Table, attacker: bytes | None) -> pa.Table:
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    from pipelines.evaluate import ScoreScenarios
+
+    blocks = [crops.slice(i, config.batch_size) for i in range(0, crops.num_rows, config.batch_size)]
+    ds = ray.data.from_arrow(blocks).map_batches(
+        ScoreScenarios, fn_constructor_kwargs={"weights": model.weights, "name": model.name, "attacker": attacker,
+                                               "scenarios": config.scenarios, "pgd_iterations": config.pgd_iterations,
+                                               "analysis": config.analysis},
+        batch_size=config.batch_size, batch_format="pyarrow", num_cpus=config.actor_cpus,
+        compute=ActorPoolStrategy(min_size=1, max_size=pool_size(config.actor_cpus, 1.0)))
+    parts = list(ds.iter_batches(batch_format="pyarrow", batch_size=None))
+    table = pa.concat_tables(parts) if parts else pa.table({})
+    return table.add_column(0, "model", pa.array([model.name] * table.num_rows, pa.string()))
+
+
+def draw_galleries(config: EvaluateConfig, models: list[ModelUnderTest], predictions: pa.Table,
+                   crops: pa.Table, out_fs, root: str) -> pa.Table:
+    """Score-CAM heatmaps of the picked crops, one Ray task per model; returns gallery rows."""
+    import ray
+
+    from pipelines.evaluate import gallery_heatmaps
+
+    picks = gallery_picks(predictions, config.gallery)
+    if not picks:
+        return pa.table({})
+    ids = sorted({crop_id for crop_id, _ in picks})
+    chosen = crops.filter(pc.is_in(crops["crop_id"], pa.array(ids))).sort_by("crop_id")
+    pixels = decode_images(chosen)["pixels"]
+    labels = dict(zip(chosen["crop_id"].to_pylist(), chosen["label"].to_pylist()))
+    for crop_id, image in zip(chosen["crop_id"].to_pylist(), pixels):
+        put_bytes(out_fs, f"{root}/gallery/crops/{crop_id}.png", png_bytes_of(image))
+    task = ray.remote(gallery_heatmaps).options(num_cpus=config.actor_cpus)
+    heatmaps = ray.get([task.remote(m.weights, m.name, pixels) for m in models])
+    p_clean = predictions.filter(pc.equal(predictions["scenario"], "clean"))
+    p_of = {(r["model"], r["stream"], r["crop_id"]): r["p_fake"]
+            for r in p_clean.select(["model", "stream", "crop_id", "p_fake"]).to_pylist()}
+    rows = []
+    for model, per_stream in zip(models, heatmaps):
+        paths = {}
+        for stream, images in per_stream.items():
+            for crop_id, png in zip(ids, images):
+                paths[(stream, crop_id)] = f"gallery/heatmaps/{model.name}/{stream}/{crop_id}.png"
+                put_bytes(out_fs, f"{root}/{paths[(stream, crop_id)]}", png)
+        for crop_id, kind in picks:
+            for stream in [OVERALL, *per_stream]:
+                rows.append({"crop_id": crop_id, "kind": kind, "label": int(labels[crop_id]), "model": model.name,
+                             "stream": stream, "p_fake": p_of.get((model.name, stream, crop_id)),
+                             "crop_path": f"gallery/crops/{crop_id}.png", "heatmap_path": paths.get((stream, crop_id))})
+    return pa.Table.from_pylist(rows, schema=pa.schema([
+        ("crop_id", pa.string()), ("kind", pa.string()), ("label", pa.int8()), ("model", pa.string()),
+        ("stream", pa.string()), ("p_fake", pa.float32()), ("crop_path", pa.string()),
+        ("heatmap_path", pa.string())]))
+
+
+def record_in_mlflow(config: EvaluateConfig, summary: dict[str, Any], metrics: pa.Table, files: list[Path]) -> str:
+    out = config.out if "://" not in config.out else "."
+    tracking_uri = tracking.tracking_uri_or_default(config.tracking_uri, out)
+    experiment_id = tracking.ensure_experiment(tracking_uri, "fakescan-evaluate", Path(out).absolute() / "mlartifacts")
+    params = {"models": ",".join(m["name"] + "=" + m["uri"] for m in summary["models"]), "data": summary["data"],
+              "split": summary["split"], "n": summary["n"], "scenarios": ",".join(config.scenarios),
+              "pgd_iterations": config.pgd_iterations, "unet_steps": config.unet_steps, "out": config.out}
+    run_id = tracking.start_run(tracking_uri, experiment_id, "evaluate", params)
+    tracking.log_files(tracking_uri, run_id, files, mlflow_metrics(metrics))
+    tracking.finish_run(tracking_uri, run_id)
+    return run_id
+
+
+def run_evaluate(config: EvaluateConfig) -> dict[str, Any]:
+    started = time.monotonic()
+    unknown = [s for s in config.scenarios if s not in SCENARIOS]
+    if unknown:
+        raise SourceError(f"unknown scenario {unknown[0]!r}; choose from {', '.join(SCENARIOS)}")
+    models = load_models(config)
+    data, split = prepared_data(config)
+    crops = read_crops(data, split, config.s3_endpoint, config.limit, config.seed)
+    if not crops.num_rows:
+        raise SourceError(f"the {split} split of {data} has no crops")
+    if len(set(crops["label"].to_pylist())) < 2:
+        config.notes.append(f"the {split} split has only one class: ROC AUC is undefined")
+
+    init_ray()
+    quiet_ray_data()
+    attackers = fit_attackers(config, models, data)
+    predictions = pa.concat_tables([score_model(config, m, crops, attackers[m.name]) for m in models])
+    metrics = metrics_table(predictions, {m.name: m.info["detector"] for m in models})
+
+    out_fs = filesystem_for(config.out, storage_options_for(config.out, config.s3_endpoint))
+    root = config.out.removeprefix("file://").rstrip("/")
+    out_fs.makedirs(root, exist_ok=True)
+    gallery = draw_galleries(config, models, predictions, crops, out_fs, root) if config.gallery else pa.table({})
+    summary = {
+        "kind": "fakescan-evaluation", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "data": data, "split": split, "n": crops.num_rows, "n_fake": int(pc.sum(crops["label"]).as_py() or 0),
+        "scenarios": list(config.scenarios), "models": [m.info for m in models], "mlflow_run_id": None,
+        "settings": {k: v for k, v in asdict(config).items() if k not in ("models", "notes")},
+        "notes": config.notes,
+    }
+    tables = {"metrics": metrics, "predictions": predictions.drop_columns(["feature_cosine", "entropy", "logit"]),
+              "analysis": analysis_table(predictions), "gallery": gallery}
+    local = Path(config.out).absolute() if "://" not in config.out else None
+    files = [write_table(out_fs, f"{root}/{name}.parquet", table) for name, table in tables.items() if table.num_columns]
+    summary["mlflow_run_id"] = record_in_mlflow(config, summary, metrics, [Path(f) for f in files] if local else [])
+    summary["seconds"] = round(time.monotonic() - started, 1)
+    out_fs.pipe(f"{root}/{EVALUATION_FILE}", (json.dumps(summary, indent=2) + "\n").encode())
+    return {"summary": summary, "metrics": metrics}

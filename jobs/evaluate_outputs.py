@@ -1,0 +1,122 @@
+"""The tables an evaluation writes, computed from its long prediction rows."""
+from __future__ import annotations
+
+import io
+import re
+from collections import defaultdict
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from detector.protocol import OVERALL
+from detector.metrics import accuracy, expected_calibration_error, roc_auc
+
+METRICS_SCHEMA = pa.schema([
+    ("model", pa.string()), ("detector", pa.string()), ("stream", pa.string()), ("scenario", pa.string()),
+    ("n", pa.int64()), ("accuracy", pa.float64()), ("auc", pa.float64()), ("ece", pa.float64()),
+    ("mean_p_fake", pa.float64()),
+])
+ANALYSIS_SCHEMA = pa.schema([
+    ("model", pa.string()), ("stream", pa.string()), ("scenario", pa.string()), ("n", pa.int64()),
+    ("feature_cosine", pa.float64()), ("entropy_clean", pa.float64()), ("entropy_degraded", pa.float64()),
+])
+
+
+def _groups(predictions: pa.Table, keys: tuple[str, ...]) -> dict[tuple, dict[str, np.ndarray]]:
+    columns = {name: predictions[name].to_numpy(zero_copy_only=False) for name in predictions.column_names}
+    index: dict[tuple, list[int]] = defaultdict(list)
+    for i, key in enumerate(zip(*(columns[k] for k in keys))):
+        index[key].append(i)
+    return {key: {name: values[rows] for name, values in columns.items()} for key, rows in index.items()}
+
+
+def metrics_table(predictions: pa.Table, detectors: dict[str, str]) -> pa.Table:
+    """Accuracy (p_fake > 0.5), ROC AUC and ECE per model, stream and scenario, in the
+    order the predictions came (scenarios in protocol order)."""
+    rows = []
+    for (model, stream, scenario), g in _groups(predictions, ("model", "stream", "scenario")).items():
+        p, y = g["p_fake"].astype(np.float64), g["label"].astype(np.float64)
+        rows.append({"model": model, "detector": detectors[model], "stream": stream, "scenario": scenario,
+                     "n": len(y), "accuracy": accuracy(y, p, 0.5), "auc": roc_auc(y, p),
+                     "ece": expected_calibration_error(np.clip(p, 0, 1), y), "mean_p_fake": float(p.mean())})
+    return pa.Table.from_pylist(rows, schema=METRICS_SCHEMA)
+
+
+def _mean(values: np.ndarray) -> float | None:
+    values = np.asarray([v for v in values if v is not None], np.float64)
+    values = values[~np.isnan(values)]
+    return float(values.mean()) if len(values) else None
+
+
+def analysis_table(predictions: pa.Table) -> pa.Table:
+    """Per model, stream and degraded scenario: mean feature cosine to clean, and mean
+    heatmap entropy on clean and on degraded crops (lower entropy = less attention drift)."""
+    streams = predictions.filter(pc.not_equal(predictions["stream"], OVERALL))
+    if not streams.num_rows or streams["entropy"].null_count == streams.num_rows:
+        return pa.Table.from_pylist([], schema=ANALYSIS_SCHEMA)
+    groups = _groups(streams, ("model", "stream", "scenario"))
+    rows = []
+    for (model, stream, scenario), g in groups.items():
+        if scenario == "clean":
+            continue
+        clean = groups.get((model, stream, "clean"))
+        rows.append({"model": model, "stream": stream, "scenario": scenario, "n": len(g["crop_id"]),
+                     "feature_cosine": _mean(g["feature_cosine"]),
+                     "entropy_clean": _mean(clean["entropy"]) if clean is not None else None,
+                     "entropy_degraded": _mean(g["entropy"])})
+    return pa.Table.from_pylist(rows, schema=ANALYSIS_SCHEMA)
+
+
+def gallery_picks(predictions: pa.Table, per_kind: int) -> list[tuple[str, str]]:
+    """(crop_id, kind) pairs: each model's most confident fakes on clean crops, and the crops
+    on which the detectors (or, for one model, its streams) disagree most."""
+    clean = predictions.filter(pc.equal(predictions["scenario"], "clean"))
+    if not clean.num_rows or per_kind < 1:
+        return []
+    overall = clean.filter(pc.equal(clean["stream"], OVERALL))
+    picks: dict[str, str] = {}
+    for model, g in _groups(overall, ("model",)).items():
+        for i in np.argsort(-g["p_fake"], kind="stable")[:per_kind]:
+            picks.setdefault(str(g["crop_id"][i]), "confident_fake")
+    models = set(overall["model"].to_pylist())
+    judges = overall if len(models) > 1 else clean.filter(pc.not_equal(clean["stream"], OVERALL))
+    spread: dict[str, list[float]] = defaultdict(list)
+    for crop_id, p in zip(judges["crop_id"].to_pylist(), judges["p_fake"].to_pylist()):
+        spread[crop_id].append(p)
+    ranked = sorted(((max(v) - min(v), k) for k, v in spread.items() if len(v) > 1), reverse=True)
+    for gap, crop_id in ranked[:per_kind]:
+        if gap > 0:
+            picks.setdefault(crop_id, "disagreement")
+    return sorted(picks.items(), key=lambda item: (item[1], item[0]))
+
+
+def mlflow_metrics(metrics: pa.Table) -> dict[str, float]:
+    """``MODEL.SCENARIO.auc`` for the overall probability, ``MODEL.STREAM.SCENARIO.auc`` per stream."""
+    out = {}
+    for row in metrics.to_pylist():
+        prefix = row["model"] if row["stream"] == OVERALL else f"{row['model']}.{row['stream']}"
+        for key in ("accuracy", "auc", "ece"):
+            if row[key] is not None and row[key] == row[key]:
+                out[re.sub(r"[^\w./ -]", "_", f"{prefix}.{row['scenario']}.{key}")] = float(row[key])
+    return out
+
+
+def png_bytes_of(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def put_bytes(fs, path: str, data: bytes) -> None:
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)  # local folders must exist; S3 ignores this
+    fs.pipe(path, data)
+
+
+def write_table(fs, path: str, table: pa.Table) -> str:
+    with fs.open(path, "wb") as f:
+        pq.write_table(table, f)
+    return path
