@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.support.s3", "tests.support.media"]
+pytest_plugins = ["tests.support.s3", "tests.support.media", "tests.support.ray_nodes"]
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
