@@ -243,7 +243,8 @@ def run_samples_command(args: argparse.Namespace) -> int:
 
 
 # Commands that keep their parser beside them: each module has add_parser(commands) and run(args).
-COMMAND_MODULES = {"scan": "jobs.cli_scan", "evaluate": "jobs.cli_evaluate", "report": "jobs.cli_report"}
+COMMAND_MODULES = {"scan": "jobs.cli_scan", "evaluate": "jobs.cli_evaluate", "report": "jobs.cli_report",
+                   "serve": "jobs.cli_serve"}
 COMMANDS = {"prepare": run_prepare_command, "train": run_train_command,
             "calibrate": run_calibrate_command, "samples": run_samples_command}
 
