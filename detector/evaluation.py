@@ -31,6 +31,9 @@ class AttackTarget(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        # An nn.Module starts in train mode: the attacks restore the wrapper's mode when they
+        # finish, which must not switch the detector's batch norms to batch statistics.
+        self.train(model.training)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         logits = self.model(pixels)

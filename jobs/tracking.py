@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -38,26 +39,39 @@ def tracking_uri_or_default(uri: str | None, out: str | Path) -> str:
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(out)
 
 
-def ensure_experiment(tracking_uri: str, name: str, artifact_root: str | Path) -> str:
-    """The experiment's id, creating it with an explicit artifact location (sqlite has no default)."""
+@contextmanager
+def tracking_at(tracking_uri: str) -> Iterator[None]:
+    """MLflow's fluent API pointed at ``tracking_uri`` for the block only: ``set_tracking_uri``
+    also exports MLFLOW_TRACKING_URI, which every later job of this process (and its children)
+    would otherwise inherit."""
     import mlflow
 
+    before = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(tracking_uri)
-    experiment = mlflow.get_experiment_by_name(name)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)  # None unsets the variable too
+
+
+def ensure_experiment(tracking_uri: str, name: str, artifact_root: str | Path) -> str:
+    """The experiment's id, creating it with an explicit artifact location (sqlite has no default)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
     location = str(artifact_root)
     if "://" not in location:
         location = Path(location).absolute().as_uri()
-    return mlflow.create_experiment(name, artifact_location=location)
+    return client.create_experiment(name, artifact_location=location)
 
 
 def start_or_resume_run(tracking_uri: str, experiment_id: str, run_name: str, params: dict[str, Any]) -> str:
     """One MLflow run per training job: reuse the unfinished run of the same name, or start one."""
-    import mlflow
     from mlflow.tracking import MlflowClient
 
-    mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
     existing = client.search_runs([experiment_id], filter_string=f"tags.`mlflow.runName` = '{run_name}' "
                                   "and attributes.status != 'FINISHED'", max_results=1)
@@ -105,13 +119,12 @@ def log_and_register_model(tracking_uri: str, run_id: str, weights_path: Path, m
     from mlflow.types import Schema, TensorSpec
     import numpy as np
 
-    mlflow.set_tracking_uri(tracking_uri)
     signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype("uint8"), (-1, -1, -1, 3), "crops")]),
                                outputs=Schema([TensorSpec(np.dtype("float32"), (-1,), "p_fake")]))
     with tempfile.TemporaryDirectory() as tmp:
         card = Path(tmp) / "MODEL_CARD.md"
         card.write_text(model_card)
-        with mlflow.start_run(run_id=run_id):
+        with tracking_at(tracking_uri), mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
                 name="model", python_model=str(PYFUNC_CODE), signature=signature,
                 artifacts={"weights": str(weights_path), "model_card": str(card)},
@@ -148,11 +161,11 @@ def fetch_registered_weights(uri: str, tracking_uri: str | None) -> RegisteredWe
     if not tracking_uri:
         raise RegistryError(f"{uri} needs a tracking server: pass --tracking-uri or set MLFLOW_TRACKING_URI")
     name, ref = parse_models_uri(uri)
-    mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
     try:
         version = client.get_model_version_by_alias(name, ref) if "@" in uri else client.get_model_version(name, ref)
-        with tempfile.TemporaryDirectory() as tmp:
+        # models:/ artifact URIs resolve through the global registry URI, whatever is passed.
+        with tempfile.TemporaryDirectory() as tmp, tracking_at(tracking_uri):
             local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version.version}", dst_path=tmp)
             weights = next(Path(local).rglob(WEIGHTS_ARTIFACT), None)
             if weights is None:

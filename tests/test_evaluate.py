@@ -67,6 +67,15 @@ def test_pgd_scenario_raises_the_detectors_loss(tiny_hybrid, face_crops):
     assert mean_loss(tiny_hybrid, attacked, labels) > mean_loss(tiny_hybrid, clean, labels) + 0.01
 
 
+def test_attacks_leave_the_detector_scoring_as_before(tiny_hybrid, face_crops):
+    crops, labels = face_crops
+    before = tiny_hybrid.logits(preprocess_crops(crops, tiny_hybrid.img_size))["hybrid"]
+    evaluate_crops(tiny_hybrid, crops, labels, ("pgd",), None, PGDConfig(iterations=2), analysis="gradcam")
+    assert not tiny_hybrid.model.training
+    after = evaluate_crops(tiny_hybrid, crops, labels, ("clean",), None, PGDConfig(), analysis=None)
+    np.testing.assert_allclose(after["clean"].logits["hybrid"], before, atol=1e-5)
+
+
 def test_unet_attacker_fitted_against_a_model_raises_its_loss(tiny_hybrid, face_crops):
     crops, labels = face_crops
     attacker = fit_unet_attacker(tiny_hybrid, crops, labels, steps=40, batch_size=8)
@@ -191,3 +200,11 @@ def test_evaluation_writes_analysis_galleries_and_an_mlflow_run(evaluation):
     summary = json.loads((evaluation / "evaluation.json").read_text())
     run = mlflow.tracking.MlflowClient(f"sqlite:///{evaluation.parent}/mlflow.db").get_run(summary["mlflow_run_id"])
     assert "small.clean.auc" in run.data.metrics and "ens.facial.h264.ece" in run.data.metrics
+
+
+def test_report_renders_the_evaluation(evaluation):
+    result = run_fakescan("report", str(evaluation))
+    assert result.returncode == 0, result.stderr[-2000:]
+    page = (evaluation / "report.html").read_text()
+    assert 'class="protocol' in page and page.count("<svg") >= 2 * len(SCENARIOS)
+    assert "data:image/png;base64," in page  # the galleries' heatmaps, embedded

@@ -32,7 +32,7 @@ import psutil
 import pytest
 
 RAY = str(Path(sys.executable).parent / "ray")
-START_TIMEOUT_S = 120
+START_TIMEOUT_S = 240  # a loaded 2-core CI runner can take minutes to bring up a head and its dashboard
 STOP_GRACE_S = 15  # after SIGTERM, before SIGKILL
 OBJECT_STORE_BYTES = 300 * 1024 * 1024  # the default, 30% of RAM per node, is far beyond what tests move
 
