@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import FAKESCAN
-from tests.support.ray_nodes import RayNodes, eventually
+from tests.support.ray_nodes import RayNodes, eventually, no_session_ray_address
 
 pytestmark = pytest.mark.slow
 RAY = str(Path(sys.executable).parent / "ray")
@@ -44,7 +44,8 @@ def test_ray_job_submit_scans_on_the_running_cluster(cluster: RayNodes, short_fa
     assert submit.returncode == 0, (submit.stdout + submit.stderr)[-3000:]
     assert "fakescan: scanned 3 of 3 videos (0 already done)" in submit.stdout  # the job's log, tailed
 
-    job = JobSubmissionClient(cluster.dashboard_url).get_job_info("fakescan-scan-1")
+    with no_session_ray_address():  # the client would ask the session cluster's dashboard instead
+        job = JobSubmissionClient(cluster.dashboard_url).get_job_info("fakescan-scan-1")
     assert job.status == JobStatus.SUCCEEDED, job.message
     # The scan registered as this job's driver on the head, where the job server runs its entrypoint;
     # a scan that started its own local Ray would have left no driver here and no tasks on worker-1.

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -152,6 +153,18 @@ def stop_nodes(nodes: Iterable[RayNode]) -> None:
         node.process.wait()
 
 
+@contextmanager
+def no_session_ray_address() -> Iterator[None]:
+    """Ray's state API connects to the GCS named by RAY_ADDRESS, whatever ``address`` it is given:
+    hide the session cluster's (tests/conftest.py's ray_cluster) while asking this cluster."""
+    saved = os.environ.pop("RAY_ADDRESS", None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ["RAY_ADDRESS"] = saved
+
+
 def launch_node(name: str, num_cpus: int, temp_dir: Path, args: list[str]) -> RayNode:
     # A session-wide RAY_ADDRESS (tests/conftest.py's ray_cluster) must not leak into this cluster's drivers.
     # No drain on SIGTERM: it lets Serve move replicas off a node (none here) and holds a stop for 30 s.
@@ -205,13 +218,15 @@ class RayNodes:
         """Node id → node name, for every node the cluster has seen, alive or dead."""
         from ray.util.state import list_nodes
 
-        return {n.node_id: n.node_name for n in list_nodes(address=self.dashboard_url, limit=1000)}
+        with no_session_ray_address():
+            return {n.node_id: n.node_name for n in list_nodes(address=self.dashboard_url, limit=1000)}
 
     def node_states(self) -> dict[str, str]:
         """Node name → ALIVE or DEAD, as the cluster sees it; a replaced node's name maps to its newest state."""
         from ray.util.state import list_nodes
 
-        nodes = list_nodes(address=self.dashboard_url, limit=1000, detail=True)
+        with no_session_ray_address():
+            nodes = list_nodes(address=self.dashboard_url, limit=1000, detail=True)
         return {n.node_name: n.state for n in sorted(nodes, key=lambda n: n.start_time_ms or 0)}
 
     def wait_until_alive(self, timeout: float = START_TIMEOUT_S) -> None:
@@ -233,8 +248,9 @@ class RayNodes:
         """The job id of the one driver whose command line contains ``entrypoint_contains``."""
         from ray.util.state import list_jobs
 
-        found = [j.job_id for j in list_jobs(address=self.dashboard_url, limit=1000)
-                 if j.type == "DRIVER" and entrypoint_contains in j.entrypoint]
+        with no_session_ray_address():
+            jobs = list_jobs(address=self.dashboard_url, limit=1000)
+        found = [j.job_id for j in jobs if j.type == "DRIVER" and entrypoint_contains in j.entrypoint]
         assert len(found) == 1, f"{len(found)} drivers ran {entrypoint_contains!r}"
         return found[0]
 
@@ -245,7 +261,9 @@ class RayNodes:
 
         names = self.node_names()
         filters = [("state", "=", "FINISHED")] + ([("job_id", "=", job_id)] if job_id else [])
-        tasks = list_tasks(address=self.dashboard_url, filters=filters, limit=10_000, raise_on_missing_output=False)
+        with no_session_ray_address():
+            tasks = list_tasks(address=self.dashboard_url, filters=filters, limit=10_000,
+                               raise_on_missing_output=False)
         return Counter(names.get(t.node_id, "unknown") for t in tasks if name_contains in t.name)
 
     def stop(self) -> None:
