@@ -30,8 +30,7 @@ from detector.ensemble import ENSEMBLE_CONFIGS, STREAMS, create_ensemble
 from detector.hybrid import preprocess_crops
 from detector.metrics import roc_auc
 from jobs import tracking
-from jobs.calibrate import calibrate_file, calibration_metrics, write_reports
-from jobs.training import WEIGHTS_FILE, check_train_split, fit_on_ray, flip_augment, load_checkpoint, save_checkpoint
+from jobs.training import check_train_split, flip_augment, load_checkpoint, save_checkpoint, train_and_register
 from pipelines.dataset import read_split
 from pipelines.sources import SourceError, arrow_filesystem_for
 
@@ -198,36 +197,10 @@ def run_train_ensemble(config: EnsembleTrainConfig) -> dict[str, Any]:
                                           dict(params, finetune=config.finetune_mode))
     loop_config = dict(asdict(config), finetune_mode=config.finetune_mode, mlflow_run_id=run_id,
                        tracking_uri=tracking_uri, run_name=config.run_name)
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri)
-    try:
-        result = fit_on_ray(train_loop, loop_config, crops, data_fs, workers=config.workers, use_gpu=config.use_gpu,
-                            storage=config.storage or str(out / "checkpoints"), run_name=config.run_name,
-                            max_failures=config.max_failures, s3_endpoint=config.s3_endpoint)
-    except Exception:
-        client.set_terminated(run_id, status="FAILED")
-        raise
-    if result.checkpoint is None:
-        raise RuntimeError("training ended without a checkpoint")
-    model_dir = out / "model"
-    model_dir.mkdir(exist_ok=True)
-    with result.checkpoint.as_directory() as folder:
-        shutil.copy(Path(folder) / WEIGHTS_FILE, model_dir / WEIGHTS_FILE)
-    metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
-    calibration = calibrate_file(model_dir / WEIGHTS_FILE, crops, data_fs, config.val_limit, config.seed)
-    if calibration is not None:
-        metrics.update(calibration_metrics(calibration.calibration))
-        tracking.log_files(tracking_uri, run_id, write_reports(calibration, model_dir),
-                           calibration_metrics(calibration.calibration))
-    card = model_card(config, metrics, run_id)
-    (model_dir / "MODEL_CARD.md").write_text(card)
-    version = tracking.log_and_register_model(
-        tracking_uri, run_id, model_dir / WEIGHTS_FILE, card, config.register_as, config.alias,
-        tags={"model": config.model, "finetune": config.finetune_mode})
-    client.set_terminated(run_id, status="FINISHED")
-    return {"run_id": run_id, "tracking_uri": tracking_uri, "model": f"models:/{config.register_as}/{version}",
-            "weights": str(model_dir / WEIGHTS_FILE), "metrics": metrics}
+    return train_and_register(
+        train_loop, loop_config, config, crops, data_fs, out, tracking_uri, run_id,
+        card=lambda metrics: model_card(config, metrics, run_id),
+        tags=lambda metrics: {"model": config.model, "finetune": config.finetune_mode})
 
 
 def model_card(config: EnsembleTrainConfig, metrics: dict[str, float], run_id: str) -> str:

@@ -2,6 +2,7 @@
 TorchTrainer with checkpoints and failure handling, and the checkpoint files."""
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -105,3 +106,42 @@ def fit_on_ray(loop: Callable[[dict[str, Any]], None], loop_config: dict[str, An
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
     )
     return trainer.fit()
+
+
+def train_and_register(loop: Callable[[dict[str, Any]], None], loop_config: dict[str, Any], config: Any, crops: str,
+                       data_fs, out: Path, tracking_uri: str, run_id: str, card: Callable[[dict[str, float]], str],
+                       tags: Callable[[dict[str, float]], dict[str, str]]) -> dict[str, Any]:
+    """Fit on Ray, then what both training jobs do with the last checkpoint: copy its weights to
+    OUT/model, calibrate them on the val split, write the model card, register the model and
+    close the MLflow run (as FAILED when training fails)."""
+    from mlflow.tracking import MlflowClient
+
+    from jobs.calibrate import calibrate_file, calibration_metrics, write_reports
+
+    client = MlflowClient(tracking_uri)
+    try:
+        result = fit_on_ray(loop, loop_config, crops, data_fs, workers=config.workers, use_gpu=config.use_gpu,
+                            storage=config.storage or str(out / "checkpoints"), run_name=config.run_name,
+                            max_failures=config.max_failures, s3_endpoint=config.s3_endpoint)
+    except Exception:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    if result.checkpoint is None:
+        raise RuntimeError("training ended without a checkpoint")
+    model_dir = out / "model"
+    model_dir.mkdir(exist_ok=True)
+    with result.checkpoint.as_directory() as folder:
+        shutil.copy(Path(folder) / WEIGHTS_FILE, model_dir / WEIGHTS_FILE)
+    metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
+    calibration = calibrate_file(model_dir / WEIGHTS_FILE, crops, data_fs, config.val_limit, config.seed)
+    if calibration is not None:
+        metrics.update(calibration_metrics(calibration.calibration))
+        tracking.log_files(tracking_uri, run_id, write_reports(calibration, model_dir),
+                           calibration_metrics(calibration.calibration))
+    text = card(metrics)
+    (model_dir / "MODEL_CARD.md").write_text(text)
+    version = tracking.log_and_register_model(tracking_uri, run_id, model_dir / WEIGHTS_FILE, text,
+                                              config.register_as, config.alias, tags=tags(metrics))
+    client.set_terminated(run_id, status="FINISHED")
+    return {"run_id": run_id, "tracking_uri": tracking_uri, "model": f"models:/{config.register_as}/{version}",
+            "weights": str(model_dir / WEIGHTS_FILE), "metrics": metrics}
