@@ -19,7 +19,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -28,7 +27,7 @@ from jobs import tracking
 from jobs.evaluate_outputs import (analysis_table, gallery_picks, metrics_table, mlflow_metrics, png_bytes_of,
                                    put_bytes, write_table)
 from jobs.scan import init_ray, pool_size, quiet_ray_data
-from pipelines.dataset import crops_at, decode_images
+from pipelines.dataset import decode_images, sample_split
 from pipelines.sources import SourceError, arrow_filesystem_for, filesystem_for, storage_options_for
 
 EVALUATION_FILE = "evaluation.json"
@@ -119,12 +118,9 @@ def prepared_data(config: EvaluateConfig) -> tuple[str, str]:
 def read_crops(data: str, split: str, s3_endpoint: str | None, limit: int, seed: int) -> pa.Table:
     """(crop_id, label, image) of one split, a seeded random sample of at most ``limit``."""
     try:
-        table = crops_at(f"{data}/crops", arrow_filesystem_for(data, s3_endpoint)).to_table(
-            columns=["crop_id", "label", "image"], filter=pc.field("split") == split).sort_by("crop_id")
+        return sample_split(f"{data}/crops", split, arrow_filesystem_for(data, s3_endpoint), limit, seed)
     except FileNotFoundError:
         raise SourceError(f"no crop dataset at {data}: run fakescan prepare first") from None
-    order = np.random.default_rng(seed).permutation(table.num_rows)[:limit]
-    return table.take(pa.array(np.sort(order), pa.int64()))
 
 
 def fit_attackers(config: EvaluateConfig, models: list[ModelUnderTest], data: str) -> dict[str, bytes | None]:

@@ -224,13 +224,18 @@ def count_split(path: str, split: str, filesystem=None) -> int:
     return crops_at(path, filesystem).count_rows(filter=pc.field("split") == split)
 
 
-def read_split(path: str, split: str, filesystem=None, limit: int | None = None,
-               seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Crops and labels of one split, in a seeded random order (so any prefix is a fair sample)."""
+def sample_split(path: str, split: str, filesystem=None, limit: int | None = None, seed: int = 0) -> pa.Table:
+    """(crop_id, label, image) rows of one split, in a seeded random order (so any prefix is a fair sample)."""
     table = crops_at(path, filesystem).to_table(
         columns=["crop_id", "label", "image"], filter=pc.field("split") == split).sort_by("crop_id")
     order = np.random.default_rng(seed).permutation(table.num_rows)[:limit]
-    table = table.take(pa.array(order, pa.int64()))
+    return table.take(pa.array(order, pa.int64()))
+
+
+def read_split(path: str, split: str, filesystem=None, limit: int | None = None,
+               seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Crops and labels of one split, decoded, in ``sample_split``'s order."""
+    table = sample_split(path, split, filesystem, limit, seed)
     if not table.num_rows:
         return np.zeros((0, 224, 224, 3), np.uint8), np.zeros((0,), np.float32)
     decoded = decode_images(table)
