@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from detector.ensemble import ENSEMBLE_CONFIGS, EnsembleDetector, create_ensemble
-from detector.hybrid import create_hybrid
+from detector.ensemble import ENSEMBLE_CONFIGS, EnsembleDetector
+from detector.factory import create_detector
 
 
 def rate(run: Callable[[], object], n: int, repeats: int) -> float:
@@ -72,12 +72,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     with torch.inference_mode():
-        hybrid, _ = create_hybrid("hybrid_b0")
+        hybrid, _ = create_detector("hybrid_b0")
         baseline = rate(lambda: hybrid(torch.rand(args.faces, 3, 224, 224)), args.faces, args.repeats)
         print(f"baseline hybrid_b0: {baseline:.1f} faces/s ({torch.get_num_threads()} threads)")
         measured = {}
         for name in args.configs.split(","):
-            model, info = create_ensemble(name)
+            model, info = create_detector(name)
             faces = torch.rand(args.faces, 3, info.config.img_size, info.config.img_size)
             for stream, run in stream_runs(model, faces).items():
                 value = rate(run, args.faces, args.repeats)
@@ -89,7 +89,8 @@ def main() -> None:
     if ("ensemble_small", "ensemble") in measured:
         small = measured[("ensemble_small", "ensemble")]
         giant = small * flops["ensemble_small"] / flops["ensemble_giant"]
-        print(f"ensemble_giant  computed {giant:.2f} faces/s on this CPU ({flops['ensemble_giant'] / flops['ensemble_small']:.0f}x "
+        ratio = flops["ensemble_giant"] / flops["ensemble_small"]
+        print(f"ensemble_giant  computed {giant:.2f} faces/s on this CPU ({ratio:.0f}x "
               f"the small config's FLOPs), ratio to hybrid {giant / baseline:.4f}")
 
 

@@ -32,13 +32,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import av  # noqa: E402
-import pandas as pd  # noqa: E402
-import pyarrow as pa  # noqa: E402
+import av
+import pandas as pd
+import pyarrow as pa
 
-from jobs.samples import default_cache_dir, fetch_sample_media  # noqa: E402
-from jobs.scan import ScanConfig, init_ray, run_scan  # noqa: E402
-from jobs.scan_gpu import DevicePlan, plan_devices  # noqa: E402
+from jobs.models import resolve_detectors
+from jobs.runtime import init_ray
+from jobs.samples import default_cache_dir, fetch_sample_media
+from jobs.scan.job import ScanConfig, planned_stages, run_scan
+from pipelines.stages import StageSpec
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,7 @@ class GpuSampler:
             if len(parts) == 2 and all(p.replace(".", "").isdigit() for p in parts):
                 self.samples.append((float(parts[0]), float(parts[1])))
 
-    def __enter__(self) -> "GpuSampler":
+    def __enter__(self) -> GpuSampler:
         try:
             self.process = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         except FileNotFoundError:
@@ -131,35 +133,20 @@ class GpuSampler:
         return max(m for _, m in self.samples) / 1024 if self.samples else None
 
 
-def standalone_rates(archive: Path, config: ScanConfig, plan: DevicePlan, n_videos: int) -> dict[str, float]:
-    """Videos/s of each stage alone in this process (one actor's worth), same device and plan."""
-    from detector.faces import FaceCropConfig
-    from jobs.scan import resolve_models
-    from pipelines.decode import DecodeConfig, decode_videos
-    from pipelines.faces import CropFaces
+def standalone_rates(archive: Path, stages: list[StageSpec], n_videos: int) -> dict[str, float]:
+    """Videos/s of each stage alone in this process (one actor's worth), with the scan's own
+    planned stages: same device, batches and arguments."""
     from pipelines.rows import MANIFEST_SCHEMA
-    from pipelines.score import ScoreFaces
-    from pipelines.score_ensemble import ScoreEnsemble
-    from pipelines.sources import list_videos, read_video_bytes
+    from pipelines.sources import list_videos
 
-    models = resolve_models(config)
-    manifest = list_videos(str(archive), {}).slice(0, n_videos).cast(MANIFEST_SCHEMA)
-    read = read_video_bytes(manifest, {}, config.max_read_bytes)
-    scene_size = models["ensemble"]["scene_size"]
-    stages = [("decode", lambda b: decode_videos(b, DecodeConfig(config.frames, config.max_side)), 1),
-              ("faces", CropFaces(FaceCropConfig(detect_long_side=config.detect_long_side,
-                                                 detect_batch_size=plan.faces.batch_size), plan.device, scene_size),
-               plan.faces.videos_per_call)]
-    for pool, stage in (("hybrid", ScoreFaces), ("ensemble", ScoreEnsemble)):
-        kwargs = {k: v for k, v in models[pool].items() if k != "scene_size"}
-        stages.append((pool, stage(**kwargs, **plan.stage_kwargs(pool)), getattr(plan, pool).videos_per_call))
-    rates, table = {}, read
-    for name, stage, per_call in stages:
-        calls = [table.slice(i, per_call) for i in range(0, table.num_rows, per_call)]
-        stage(calls[0])  # warm-up: lazy CUDA initialisation, kernel selection
+    rates, table = {}, list_videos(str(archive), {}).slice(0, n_videos).cast(MANIFEST_SCHEMA)
+    for stage in stages:
+        run = stage.instantiate()
+        calls = [table.slice(i, stage.batch_size) for i in range(0, table.num_rows, stage.batch_size)]
+        run(calls[0])  # warm-up: lazy CUDA initialisation, kernel selection
         started = time.perf_counter()
-        table = pa.concat_tables([stage(call) for call in calls], promote_options="permissive")
-        rates[name] = table.num_rows / (time.perf_counter() - started)
+        table = pa.concat_tables([run(call) for call in calls], promote_options="permissive")
+        rates[stage.name] = table.num_rows / (time.perf_counter() - started)
     return rates
 
 
@@ -209,7 +196,8 @@ def main() -> None:
     import ray
 
     resources = ray.cluster_resources()
-    plan = plan_devices(config, resources.get("CPU", 1), resources.get("GPU", 0), ("hybrid", "ensemble"))
+    stages, plan = planned_stages(config, resolve_detectors(config.model, config.ensemble_model, config.detectors),
+                                  "standalone")
     print(f"ray cluster start: {time.perf_counter() - t0:.1f} s (not counted); {resources.get('CPU', 0):g} CPUs, "
           f"{plan.gpus} GPUs; device {plan.device}, autocast {plan.autocast or 'off'}, channels_last "
           f"{plan.channels_last}, MPS wanted {plan.mps}; models {config.model} + {config.ensemble_model}")
@@ -235,15 +223,15 @@ def main() -> None:
     else:
         print("GPU: none in this cluster; GPU-s per video, utilisation and the per-node figure need a CUDA machine")
 
-    rates = standalone_rates(work / "videos", config, plan, min(args.standalone_videos, n_videos))
-    actors = {"decode": None, "faces": plan.faces.max_actors, "hybrid": plan.hybrid.max_actors,
-              "ensemble": plan.ensemble.max_actors}
-    stage_of = {"decode": "decode", "faces": "faces", "hybrid": "score", "ensemble": "ensemble"}
-    print("| pool | actors (max) | standalone, videos/s | in the pipeline, videos/s per busy actor | ratio |")
+    rates = standalone_rates(work / "videos", stages, min(args.standalone_videos, n_videos))
+    print("| stage | actors (max) | standalone, videos/s | in the pipeline, videos/s per busy actor | ratio |")
     print("| --- | --- | --- | --- | --- |")
-    for pool, alone in rates.items():
-        inside = summary.stages[stage_of[pool]].videos_per_busy_s
-        print(f"| {pool} | {actors[pool] or 'tasks'} | {alone:.2f} | {inside:.2f} | {inside / alone:.2f} |")
+    for stage in stages:
+        if stage.name not in summary.stages:  # the verdict stage keeps no timer of its own
+            continue
+        alone, inside = rates[stage.name], summary.stages[stage.name].videos_per_busy_s
+        actors = stage.pool.max_actors if stage.pool else "tasks"
+        print(f"| {stage.name} | {actors} | {alone:.2f} | {inside:.2f} | {inside / alone:.2f} |")
     print(f"total wall time {time.perf_counter() - started:.1f} s")
     shutil.rmtree(work, ignore_errors=True)
 

@@ -10,7 +10,7 @@ import argparse
 import torch
 
 from detector.attacks import PGDConfig
-from detector.hybrid import create_hybrid
+from detector.factory import create_detector
 from detector.robustness import scenario_metrics
 from pipelines.dataset import read_split
 
@@ -24,7 +24,7 @@ def main() -> None:
     parser.add_argument("--pgd-limit", type=int, default=256)
     args = parser.parse_args()
     torch.manual_seed(0)
-    model, info = create_hybrid(weights=args.model)
+    model, info = create_detector(args.model)
     crops, labels = read_split(f"{args.data}/crops", args.split)
     metrics = scenario_metrics(model, crops, labels, PGDConfig(iterations=args.pgd_steps), args.pgd_limit)
     print(f"{info.name} {info.version} on {args.data} [{args.split}]: {len(labels)} crops, "

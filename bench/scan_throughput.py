@@ -10,6 +10,7 @@ stage's standalone rate. Figures are ratios measured in one run: the machines ar
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sys
@@ -22,14 +23,13 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from detector.faces import FaceCropConfig  # noqa: E402
-from jobs.samples import fetch_sample_media  # noqa: E402
-from jobs.scan import ScanConfig, run_scan  # noqa: E402
-from pipelines.decode import DecodeConfig, decode_videos  # noqa: E402
-from pipelines.faces import CropFaces  # noqa: E402
-from pipelines.score import ScoreFaces  # noqa: E402
-from pipelines.sources import list_videos, read_video_bytes  # noqa: E402
-from pipelines.verdict import build_verdicts  # noqa: E402
+from jobs.models import resolve_detectors
+from jobs.runtime import init_ray
+from jobs.samples import fetch_sample_media
+from jobs.scan.job import ScanConfig, run_scan
+from pipelines.execution import InProcessPipeline
+from pipelines.sources import list_videos
+from pipelines.stages import ScanSettings, scan_stages
 
 
 class PeakRSS:
@@ -47,14 +47,12 @@ class PeakRSS:
         while not self._stop.is_set():
             total = 0
             for proc in [me, *me.children(recursive=True)]:
-                try:
+                with contextlib.suppress(psutil.Error):
                     total += proc.memory_full_info().pss
-                except psutil.Error:
-                    pass
             self.peak = max(self.peak, total)
             time.sleep(interval)
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> PeakRSS:
         self._thread.start()
         return self
 
@@ -75,21 +73,19 @@ def make_videos(n: int, folder: Path, cache: Path) -> list[Path]:
 
 def run_sequential(folder: Path, model: str, frames: int) -> dict[str, float]:
     manifest = list_videos(str(folder), {})
-    crop, score = CropFaces(FaceCropConfig()), ScoreFaces(model)
-    stage_time = {"read": 0.0, "decode": 0.0, "faces": 0.0, "score": 0.0}
+    detectors = resolve_detectors(model, None, ("hybrid",))
+    pipeline = InProcessPipeline(scan_stages(ScanSettings("bench", frames=frames), detectors))
+    stage_time = {stage.name: 0.0 for stage in pipeline.stages}
     n_frames = n_faces = 0
     start = time.perf_counter()
     for i in range(manifest.num_rows):
         row = manifest.slice(i, 1)
-        steps = [("read", lambda t: read_video_bytes(t, {}, 4 << 30)),
-                 ("decode", lambda t: decode_videos(t, DecodeConfig(frames))), ("faces", crop), ("score", score)]
-        for name, stage in steps:
+        for stage, run in zip(pipeline.stages, pipeline.callables):
             t0 = time.perf_counter()
-            row = stage(row)
-            stage_time[name] += time.perf_counter() - t0
-        verdict = build_verdicts(row, "max_face_mean", "bench")
-        n_frames += verdict["n_frames"][0].as_py()
-        n_faces += verdict["n_faces"][0].as_py()
+            row = run(row)
+            stage_time[stage.name] += time.perf_counter() - t0
+        n_frames += row["n_frames"][0].as_py()
+        n_faces += row["n_faces"][0].as_py()
     elapsed = time.perf_counter() - start
     n = manifest.num_rows
     rates = {f"{k}_videos_per_s": n / v for k, v in stage_time.items() if v > 0}
@@ -98,8 +94,6 @@ def run_sequential(folder: Path, model: str, frames: int) -> dict[str, float]:
 
 def run_ray(folder: Path, out: Path, model: str, frames: int) -> dict[str, float]:
     import pandas as pd
-
-    from jobs.scan import init_ray
 
     t0 = time.perf_counter()
     init_ray()  # cluster start-up is reported apart: a long scan pays it once

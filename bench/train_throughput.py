@@ -16,13 +16,14 @@ import torch
 
 from detector.adversarial import StepConfig, TrainStep
 from detector.attacks import PGDConfig, UNetAttacker
-from detector.hybrid import create_hybrid
+from detector.device import resolve_device
+from detector.factory import create_detector
 
 
 def samples_per_second(model_name: str, mode: str, batch_size: int, steps: int, pgd_steps: int,
                        device: str) -> float:
     torch.manual_seed(0)
-    model, info = create_hybrid(model_name, device=device)
+    model, info = create_detector(model_name, device=device)
     attacker = UNetAttacker().to(device) if mode == "adversarial" else None
     step = TrainStep(model, attacker, StepConfig(mode, PGDConfig(iterations=pgd_steps)))
     size = info.config.img_size
@@ -45,7 +46,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--pgd-steps", type=int, default=10)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=resolve_device())
     args = parser.parse_args()
     rates = {mode: samples_per_second(args.model, mode, args.batch_size, args.steps, args.pgd_steps, args.device)
              for mode in ("baseline", "adversarial")}

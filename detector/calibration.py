@@ -15,6 +15,14 @@ import torch
 import torch.nn.functional as F
 
 
+def sigmoid(x: np.ndarray | float) -> np.ndarray:
+    """The logistic function in float64, for any logit."""
+    # exp of −|x| only: no overflow for a very confident logit, full precision near 0.
+    x = np.asarray(x, dtype=np.float64)
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
 @dataclass(frozen=True)
 class Calibration:
     temperature: float = 1.0
@@ -22,14 +30,14 @@ class Calibration:
     fitted_on: int = 0  # samples the fit saw; 0 = identity, never fitted
 
     def probability(self, logits: np.ndarray) -> np.ndarray:
-        return 1.0 / (1.0 + np.exp(-(np.asarray(logits, np.float64) / self.temperature + self.bias)))
+        return sigmoid(np.asarray(logits, np.float64) / self.temperature + self.bias)
 
     def to_metadata(self) -> dict[str, str]:
         return {"calibration_temperature": repr(self.temperature), "calibration_bias": repr(self.bias),
                 "calibration_samples": str(self.fitted_on)}
 
     @classmethod
-    def from_metadata(cls, metadata: dict[str, str]) -> "Calibration":
+    def from_metadata(cls, metadata: dict[str, str]) -> Calibration:
         if "calibration_temperature" not in metadata:
             return cls()
         return cls(float(metadata["calibration_temperature"]), float(metadata["calibration_bias"]),

@@ -20,7 +20,7 @@ flat map) comes back all zeros.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

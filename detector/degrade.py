@@ -12,9 +12,9 @@ a real H.264 round trip through libx264.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Callable, Mapping, Sequence
 
 import av
 import numpy as np

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import io
 import string
+from collections.abc import Callable, Sequence
 from functools import lru_cache
-from typing import Callable, Sequence, TypeVar
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont

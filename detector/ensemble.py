@@ -11,11 +11,9 @@ Calibration and voting live in ``detector.voting``; this module only computes lo
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import open_clip
@@ -25,7 +23,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from detector.hybrid import IMAGENET_MEAN, IMAGENET_STD
-from detector.voting import DetectorCalibration
 
 STREAMS = ("texture", "facial", "fusion")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -55,7 +52,7 @@ class EnsembleConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "EnsembleConfig":
+    def from_dict(cls, values: dict[str, Any]) -> EnsembleConfig:
         known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
         if "prompts" in known:
             known["prompts"] = tuple(known["prompts"])
@@ -81,16 +78,6 @@ ENSEMBLE_CONFIGS: dict[str, EnsembleConfig] = {
 }
 
 
-@dataclass(frozen=True)
-class EnsembleInfo:
-    name: str
-    version: str
-    trained: bool
-    source: str
-    config: EnsembleConfig
-    calibration: DetectorCalibration
-
-
 class LoRALinear(nn.Linear):
     """A frozen linear layer plus a trainable low-rank update B·A (Hu et al., 2021).
 
@@ -105,7 +92,7 @@ class LoRALinear(nn.Linear):
         self.scaling = alpha / rank
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, rank: int, alpha: float) -> "LoRALinear":
+    def from_linear(cls, linear: nn.Linear, rank: int, alpha: float) -> LoRALinear:
         lora = cls(linear.in_features, linear.out_features, linear.bias is not None, rank, alpha)
         lora.weight.data.copy_(linear.weight.data)
         if linear.bias is not None:
@@ -127,7 +114,8 @@ class TextureHead(nn.Module):
 
     def __init__(self, in_dim: int, channels: int) -> None:
         super().__init__()
-        self.conv = nn.Sequential(nn.Conv2d(in_dim, channels, 1), nn.GELU(), nn.Conv2d(channels, channels, 3, padding=1),
+        self.conv = nn.Sequential(nn.Conv2d(in_dim, channels, 1), nn.GELU(),
+                                  nn.Conv2d(channels, channels, 3, padding=1),
                                   nn.GELU())
         self.fc = nn.Linear(channels, 1)
 
@@ -279,51 +267,20 @@ def resize_to(pixels: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 
 
-def weights_metadata(metadata: dict[str, str]) -> bool:
-    """Whether a safetensors file's metadata describes an ensemble (hybrid files have no tag)."""
-    return metadata.get("detector") == "ensemble"
-
-
-def create_ensemble(
-    name_or_config: str | EnsembleConfig = "ensemble_giant",
-    weights: str | Path | bytes | None = None,
-    device: str | torch.device = "cpu",
-    dinov2_weights: str | None = None,
-    clip_weights: str | None = None,
-    storage_options: dict[str, Any] | None = None,
-) -> tuple[EnsembleDetector, EnsembleInfo]:
-    """Build the ensemble and describe it.
-
-    ``weights`` is one of our own safetensors files (local, any fsspec URL, or its bytes); its
-    stored config and calibration win. Without it, ``dinov2_weights`` and ``clip_weights`` load
-    the published timm / open_clip checkpoints into the backbone and CLIP (the starting point
-    of a fine-tune), and the heads stay random: the model is marked untrained."""
+def build_ensemble(config: EnsembleConfig, dinov2_weights: str | None = None, clip_weights: str | None = None,
+                   storage_options: dict[str, Any] | None = None) -> EnsembleDetector:
+    """The ensemble for ``config``; ``dinov2_weights`` and ``clip_weights`` load the published
+    timm / open_clip checkpoints into the backbone and CLIP (the starting point of a fine-tune)."""
     from detector.pretrained import load_clip_checkpoint, load_dinov2_checkpoint
-    from detector.weights import load_state, load_weights
 
-    config = ENSEMBLE_CONFIGS[name_or_config] if isinstance(name_or_config, str) else name_or_config
-    if weights is None:
-        model = EnsembleDetector(replace(config, finetune="frozen"))
-        if dinov2_weights:
-            load_dinov2_checkpoint(model.backbone, dinov2_weights, storage_options)
-        if clip_weights:
-            load_clip_checkpoint(model.clip, clip_weights, storage_options)
-        model.set_finetune(config.finetune)
-        model.config = config
-        source = "+".join(p for p in (dinov2_weights, clip_weights) if p) or "random-init"
-        info = EnsembleInfo(config.name, "random-init", False, source, config,
-                            DetectorCalibration.uncalibrated("ensemble", STREAMS))
-        return model.to(device).eval(), info
-    state, metadata = load_weights(weights if isinstance(weights, bytes) else str(weights), storage_options)
-    if not weights_metadata(metadata):
-        raise ValueError(f"{weights if isinstance(weights, (str, Path)) else 'weights'} is not an ensemble weights file")
-    config = EnsembleConfig.from_dict(json.loads(metadata["config"]))
-    model = EnsembleDetector(config)
-    load_state(model, state, source=f"{weights} ({config.name})" if not isinstance(weights, bytes) else config.name)
-    info = EnsembleInfo(
-        name=metadata.get("name", config.name), version=metadata.get("version", "unversioned"),
-        trained=metadata.get("trained", "false") == "true",
-        source=metadata.get("source", "bytes") if isinstance(weights, bytes) else str(weights), config=config,
-        calibration=DetectorCalibration.from_metadata(metadata) or DetectorCalibration.uncalibrated("ensemble", STREAMS),
-    )
-    return model.to(device).eval(), info
+    if not dinov2_weights and not clip_weights:
+        return EnsembleDetector(config)
+    # Built without adapters, so that the published checkpoints' key names fit; adapters after.
+    model = EnsembleDetector(replace(config, finetune="frozen"))
+    if dinov2_weights:
+        load_dinov2_checkpoint(model.backbone, dinov2_weights, storage_options)
+    if clip_weights:
+        load_clip_checkpoint(model.clip, clip_weights, storage_options)
+    model.set_finetune(config.finetune)
+    model.config = config
+    return model

@@ -18,10 +18,10 @@ from torch import nn
 from detector.attacks import PGDConfig, UNetAttacker, UNetAttackerConfig, pgd_attack, unet_attacker_loss
 from detector.degrade import apply_probe
 from detector.explain import explain, feature_cosine, heatmap_entropy, stream_features
+from detector.factory import stream_logits
 from detector.hybrid import preprocess_crops
 from detector.protocol import OVERALL, SCENARIOS
 from detector.voting import DetectorCalibration, combined_probability
-
 
 
 class AttackTarget(nn.Module):
@@ -62,8 +62,7 @@ class EvaluatedDetector:
         device = next(self.model.parameters()).device
         parts: dict[str, list[np.ndarray]] = {s: [] for s in self.streams}
         for start in range(0, len(pixels), batch_size):
-            out = self.model(pixels[start : start + batch_size].to(device))
-            out = out if isinstance(out, dict) else {self.streams[0]: out}
+            out = stream_logits(self.model, pixels[start : start + batch_size].to(device))
             for stream in self.streams:
                 parts[stream].append(out[stream].float().cpu().numpy())
         return {s: np.concatenate(v) if v else np.zeros((0,), np.float32) for s, v in parts.items()}
@@ -84,7 +83,13 @@ class EvaluatedDetector:
 
     @property
     def overall_rule(self) -> str:
-        return "reliability-weighted mean" if self.weighted else "unweighted mean (every stream weighs 0)"
+        return overall_rule(self.calibration)
+
+
+def overall_rule(calibration: DetectorCalibration) -> str:
+    """How a detector's overall p_fake combines its streams, in words for the record."""
+    weighted = sum(calibration.weights.values()) > 0
+    return "reliability-weighted mean" if weighted else "unweighted mean (every stream weighs 0)"
 
 
 def to_uint8(pixels: torch.Tensor) -> np.ndarray:

@@ -21,10 +21,10 @@ explained is exactly the stream's logit. The ensemble's texture stream scores wh
 """
 from __future__ import annotations
 
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, ContextManager, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -85,8 +85,8 @@ def explain(model: nn.Module, pixels: Tensor, method: str = "scorecam", streams:
                 if method == "gradcam":
                     maps = grad_cam(forward, x)
                 else:
-                    maps = score_cam(lambda p: torch.sigmoid(forward(p)[1]), lambda p: forward(p)[0], x, top_k,
-                                     batch_size)
+                    maps = score_cam(lambda p, f=forward: torch.sigmoid(f(p)[1]), lambda p, f=forward: f(p)[0], x,
+                                     top_k, batch_size)
                 parts[name].append(maps.cpu().numpy().astype(np.float32))
     return {name: np.concatenate(parts[name]) for name in names}
 
@@ -143,7 +143,7 @@ def _unsupported(model: nn.Module) -> TypeError:
     return TypeError(f"explanations support HybridDetector and EnsembleDetector, not {type(model).__name__}")
 
 
-def _forward(capture: Callable[[], ContextManager[list[Tensor]]], logit: Callable[[Tensor], Tensor]) -> Forward:
+def _forward(capture: Callable[[], AbstractContextManager[list[Tensor]]], logit: Callable[[Tensor], Tensor]) -> Forward:
     def forward(pixels: Tensor) -> tuple[Tensor, Tensor]:
         with capture() as seen:
             logits = logit(pixels)

@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from facenet_pytorch import MTCNN
 
-
 # P-Net's window: MTCNN sees no face smaller than this, and a smaller minimum only upsamples.
 MTCNN_WINDOW = 12
 
@@ -89,7 +88,7 @@ def square_box(box: np.ndarray, margin: float) -> tuple[int, int, int, int]:
     side = max(x2 - x1, y2 - y1) * (1.0 + 2.0 * margin)
     cx, cy = (x1 + x2) / 2.0, (y1 + y2) / 2.0
     half = side / 2.0
-    return int(round(cx - half)), int(round(cy - half)), int(round(cx + half)), int(round(cy + half))
+    return round(cx - half), round(cy - half), round(cx + half), round(cy + half)
 
 
 def cut_square(frame: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:

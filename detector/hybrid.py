@@ -8,9 +8,7 @@ attacks work in pixel space and GPUs receive uint8.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,9 +16,6 @@ import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from detector.calibration import Calibration
-from detector.voting import DetectorCalibration
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -44,7 +39,7 @@ class HybridConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "HybridConfig":
+    def from_dict(cls, values: dict[str, Any]) -> HybridConfig:
         known = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 
@@ -55,17 +50,6 @@ HYBRID_CONFIGS: dict[str, HybridConfig] = {
     "hybrid_tiny": HybridConfig(name="hybrid_tiny", backbone="test_efficientnet", img_size=64, embed_dim=32,
                                 depth=2, num_heads=2, head_hidden=16),
 }
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    name: str
-    version: str
-    trained: bool
-    source: str
-    config: HybridConfig
-    calibration: Calibration = field(default_factory=Calibration)
-    voting: DetectorCalibration | None = None  # bands and reliability from ``fakescan calibrate``
 
 
 def backbone_feature_shape(backbone: str, img_size: int) -> tuple[int, int, int]:
@@ -126,33 +110,3 @@ def preprocess_crops(crops: np.ndarray | torch.Tensor, img_size: int) -> torch.T
     if x.shape[-2:] != (img_size, img_size):
         x = F.interpolate(x, size=(img_size, img_size), mode="bilinear", antialias=True, align_corners=False)
     return x
-
-
-def create_hybrid(
-    name_or_config: str | HybridConfig = "hybrid_b0",
-    weights: str | Path | bytes | None = None,
-    device: str | torch.device = "cpu",
-    storage_options: dict[str, Any] | None = None,
-) -> tuple[HybridDetector, ModelInfo]:
-    """Build the detector and describe it. Without weights it is randomly initialised and
-    marked untrained; with weights (safetensors, local or any fsspec URL) the config stored
-    in the file's metadata wins over ``name_or_config``."""
-    from detector.weights import load_state, load_weights
-
-    config = HYBRID_CONFIGS[name_or_config] if isinstance(name_or_config, str) else name_or_config
-    if weights is None:
-        model = HybridDetector(config).to(device).eval()
-        return model, ModelInfo(config.name, "random-init", False, "random-init", config)
-    state, metadata = load_weights(weights if isinstance(weights, bytes) else str(weights), storage_options)
-    if "config" in metadata:
-        config = HybridConfig.from_dict(json.loads(metadata["config"]))
-    model = HybridDetector(config)
-    load_state(model, state, source=f"{weights} ({config.name})")
-    info = ModelInfo(
-        name=metadata.get("name", config.name), version=metadata.get("version", "unversioned"),
-        trained=metadata.get("trained", "false") == "true",
-        source=metadata.get("source", "bytes") if isinstance(weights, bytes) else str(weights), config=config,
-        calibration=Calibration.from_metadata(metadata), voting=DetectorCalibration.from_metadata(metadata),
-    )
-    return model.to(device).eval(), info
-

@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 from typing import Any
 
-import fsspec
 import torch
 from open_clip.convert import convert_state_dict
 from open_clip.model import convert_to_custom_text_state_dict, resize_pos_embed, resize_text_pos_embed
@@ -18,7 +17,7 @@ from safetensors.torch import load as load_safetensors
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 from torch import nn
 
-from detector.weights import load_state
+from detector.weights import load_state, read_bytes
 
 State = dict[str, torch.Tensor]
 
@@ -27,15 +26,6 @@ WRAPPER_KEYS = ("state_dict", "model")
 DDP_PREFIX = "module."
 # open_clip drops this one because transformers>=4.31 no longer stores it on HF text towers.
 STALE_POSITION_IDS = "text.transformer.embeddings.position_ids"
-
-
-def read_bytes(source: str, storage_options: dict[str, Any] | None = None) -> bytes:
-    """The whole file at a local path or fsspec URL (``s3://bucket/key`` ...)."""
-    try:
-        with fsspec.open(source, "rb", **(storage_options or {})) as f:
-            return f.read()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"weights not found: {source}") from None
 
 
 def is_safetensors(data: bytes) -> bool:

@@ -1,7 +1,7 @@
 """How a detector holds up: accuracy and ROC AUC on clean, compressed and attacked crops."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

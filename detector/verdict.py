@@ -5,8 +5,8 @@ rule produced a label; the raw per-face scores always travel beside it.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -50,10 +50,6 @@ def aggregate(p_face: np.ndarray, frame_index: np.ndarray, strategy: str) -> flo
     if len(p_face) == 0:
         raise ValueError("no faces to aggregate")
     return AGGREGATIONS[strategy](np.asarray(p_face, np.float64), np.asarray(frame_index))
-
-
-def sigmoid(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.asarray(logits, np.float64) / temperature))
 
 
 @dataclass(frozen=True)

@@ -20,18 +20,12 @@ from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 
-from detector.calibration import fit_calibration
+from detector.calibration import fit_calibration, sigmoid
 from detector.metrics import expected_calibration_error, roc_auc
 
 BANDS = ("high", "uncertain", "low", "n/a")
 VOTE_OF_BAND = {"low": 0, "uncertain": 1, "high": 2}
 METADATA_KEY = "calibration"
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    # exp of −|x| only: no overflow warning for a very confident logit, full precision near 0.
-    e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
 def _finite_or_none(value: float | None) -> float | None:
@@ -55,7 +49,7 @@ class StreamCalibration:
 
     def probability(self, logits: np.ndarray | float) -> np.ndarray:
         """Calibrated p_fake = sigmoid(logit / temperature + bias), float64."""
-        return _sigmoid(np.asarray(logits, dtype=np.float64) / self.temperature + self.bias)
+        return sigmoid(np.asarray(logits, dtype=np.float64) / self.temperature + self.bias)
 
     def band(self, p: float | None) -> str:
         if p is None or math.isnan(p):

@@ -30,18 +30,22 @@ def read_metadata(data: bytes) -> dict[str, str]:
     return json.loads(data[8 : 8 + header_len]).get("__metadata__", {}) or {}
 
 
+def read_bytes(source: str, storage_options: dict[str, Any] | None = None) -> bytes:
+    """The whole file at a local path or fsspec URL (``s3://bucket/key`` ...)."""
+    try:
+        with fsspec.open(source, "rb", **(storage_options or {})) as f:
+            return f.read()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"weights not found: {source}") from None
+
+
 def load_weights(source: str | bytes, storage_options: dict[str, Any] | None = None
                  ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and metadata from a safetensors path or URL, or from the file's bytes."""
     if isinstance(source, bytes):
         data, uri = source, "weights bytes"
     else:
-        uri = source
-        try:
-            with fsspec.open(uri, "rb", **(storage_options or {})) as f:
-                data = f.read()
-        except FileNotFoundError:
-            raise FileNotFoundError(f"weights not found: {uri}") from None
+        data, uri = read_bytes(source, storage_options), source
     if len(data) < 8:
         raise ValueError(f"not a safetensors file: {uri}")
     return load_safetensors(data), read_metadata(data)

@@ -11,7 +11,6 @@ become a new registered version.
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,14 +19,17 @@ import numpy as np
 import torch
 
 from detector.calibration import Calibration
-from detector.ensemble import create_ensemble, weights_metadata
-from detector.hybrid import create_hybrid, preprocess_crops
+from detector.factory import DetectorSpec, create_detector, stream_logits
+from detector.hybrid import preprocess_crops
 from detector.metrics import reliability_curve
 from detector.voting import DetectorCalibration, fit_stream
-from detector.weights import load_weights, read_metadata
+from detector.weights import load_weights
 from jobs import tracking
+from jobs.models import resolve_detector
+from jobs.runtime import warn
 from pipelines.dataset import read_split
-from pipelines.sources import SourceError, arrow_filesystem_for
+from pipelines.errors import OptionError, SourceError
+from pipelines.sources import arrow_filesystem_for
 
 CALIBRATION_FILE = "calibration.json"
 RELIABILITY_FILE = "reliability.json"
@@ -55,28 +57,24 @@ class CalibrationResult:
 
 
 @torch.no_grad()
-def stream_logits(weights: bytes, crops: np.ndarray, batch_size: int = 32) -> tuple[str, dict[str, np.ndarray]]:
-    """The detector's name and each of its streams' logits on ``crops`` (frames = the crops:
+def crop_logits(spec: DetectorSpec, weights: bytes, crops: np.ndarray, batch_size: int = 32
+                ) -> tuple[str, dict[str, np.ndarray]]:
+    """The detector's kind and each of its streams' logits on ``crops`` (frames = the crops:
     a crop dataset holds no whole frames)."""
-    if weights_metadata(read_metadata(weights)):
-        model, _ = create_ensemble(weights=weights)
-        parts: dict[str, list[np.ndarray]] = {}
-        for start in range(0, len(crops), batch_size):
-            x = preprocess_crops(crops[start : start + batch_size], model.config.img_size)
-            for stream, logits in model(x).items():
-                parts.setdefault(stream, []).append(logits.float().numpy())
-        return "ensemble", {k: np.concatenate(v) for k, v in parts.items()}
-    model, _ = create_hybrid(weights=weights)
-    logits = [model(preprocess_crops(crops[s : s + batch_size], model.config.img_size)).float().numpy()
-              for s in range(0, len(crops), batch_size)]
-    return "hybrid", {"hybrid": np.concatenate(logits)}
+    model, info = create_detector(spec, weights=weights, device="cpu")
+    parts: dict[str, list[np.ndarray]] = {}
+    for start in range(0, len(crops), batch_size):
+        for stream, logits in stream_logits(model, preprocess_crops(crops[start : start + batch_size],
+                                                                    info.img_size)).items():
+            parts.setdefault(stream, []).append(logits.float().numpy())
+    return info.kind, {k: np.concatenate(v) for k, v in parts.items()}
 
 
-def fit_detector(weights: bytes, crops: np.ndarray, labels: np.ndarray, target_error: float = 0.1
-                 ) -> CalibrationResult:
+def fit_detector(spec: DetectorSpec, weights: bytes, crops: np.ndarray, labels: np.ndarray,
+                 target_error: float = 0.1) -> CalibrationResult:
     if len(set(np.asarray(labels).tolist())) < 2:
         raise SourceError("calibration needs real and fake crops in the split; it has only one kind")
-    detector, logits = stream_logits(weights, crops)
+    detector, logits = crop_logits(spec, weights, crops)
     streams = {name: fit_stream(name, values, labels, target_error) for name, values in logits.items()}
     reliability = {name: reliability_curve(streams[name].probability(values), labels)
                    for name, values in logits.items()}
@@ -102,10 +100,10 @@ def calibrate_file(weights_path: Path, crops: str, filesystem, limit: int, seed:
     warning) when the split cannot calibrate."""
     val_crops, val_labels = read_split(crops, "val", filesystem, limit, seed)
     if len(set(val_labels.tolist())) < 2:
-        print("fakescan: warning: the val split lacks real or fake crops; the model stays uncalibrated",
-              file=sys.stderr)
+        warn("the val split lacks real or fake crops; the model stays uncalibrated")
         return None
-    result = fit_detector(weights_path.read_bytes(), val_crops, val_labels, target_error)
+    result = fit_detector(DetectorSpec(str(weights_path)), weights_path.read_bytes(), val_crops, val_labels,
+                          target_error)
     calibrated_weights(weights_path.read_bytes(), weights_path, result.calibration)
     return result
 
@@ -127,30 +125,23 @@ def calibration_metrics(calibration: DetectorCalibration) -> dict[str, float]:
     return metrics
 
 
-def load_source(config: CalibrateConfig) -> tuple[bytes, str | None]:
-    """The weights to calibrate and, for a registry URI, its registered name."""
-    if config.model.startswith("models:/"):
-        found = tracking.fetch_registered_weights(config.model, config.tracking_uri)
-        return found.data, found.name
-    from detector.pretrained import read_bytes
-    from pipelines.sources import storage_options_for
-
-    return read_bytes(config.model, storage_options_for(config.model, config.s3_endpoint)), None
-
-
 def run_calibrate(config: CalibrateConfig) -> dict[str, Any]:
-    weights, registered_name = load_source(config)
+    model = resolve_detector(config.model, None, config.tracking_uri, config.s3_endpoint)
+    if model.weights is None:
+        raise OptionError(f"{config.model} is an architecture config: calibrate trained weights (a .safetensors "
+                          "file or models:/NAME@ALIAS)")
+    registered_name = model.spec.registered[0] if model.spec.registered else None
     filesystem = arrow_filesystem_for(config.data, config.s3_endpoint)
     try:
         crops, labels = read_split(f"{config.data.rstrip('/')}/crops", config.split, filesystem, config.limit,
                                    config.seed)
     except FileNotFoundError:
         raise SourceError(f"no crop dataset at {config.data}: run fakescan prepare first") from None
-    result = fit_detector(weights, crops, labels, config.target_error)
+    result = fit_detector(model.spec, model.weights, crops, labels, config.target_error)
     out = Path(config.out).absolute()
     reports = write_reports(result, out)
     calibrated = out / tracking.WEIGHTS_ARTIFACT
-    calibrated_weights(weights, calibrated, result.calibration)
+    calibrated_weights(model.weights, calibrated, result.calibration)
 
     tracking_uri = tracking.tracking_uri_or_default(config.tracking_uri, out)
     experiment_id = tracking.ensure_experiment(tracking_uri, "fakescan-calibrate", out / "mlartifacts")

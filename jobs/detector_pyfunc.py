@@ -11,29 +11,20 @@ import mlflow
 import numpy as np
 import torch
 
-from detector.ensemble import create_ensemble, weights_metadata
-from detector.hybrid import create_hybrid, preprocess_crops
-from detector.voting import DetectorCalibration, combined_probability
-from detector.weights import read_metadata
+from detector.factory import create_detector, stream_logits
+from detector.hybrid import preprocess_crops
+from detector.voting import combined_probability
 
 
 class DetectorPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
-        with open(context.artifacts["weights"], "rb") as f:
-            data = f.read()
-        if weights_metadata(read_metadata(data)):
-            self.model, info = create_ensemble(weights=data)
-            self.calibration = info.calibration
-        else:
-            self.model, info = create_hybrid(weights=data)
-            self.calibration = info.voting or DetectorCalibration.from_temperature(
-                "hybrid", "hybrid", info.calibration.temperature, info.calibration.bias)
+        self.model, self.info = create_detector(context.artifacts["weights"], device="cpu")
+        self.calibration = self.info.calibration
 
     def predict(self, context, model_input: np.ndarray, params=None) -> np.ndarray:
         with torch.inference_mode():
-            x = preprocess_crops(np.asarray(model_input, np.uint8), self.model.config.img_size)
-            out = self.model(x)
-        logits = out if isinstance(out, dict) else {"hybrid": out}
+            x = preprocess_crops(np.asarray(model_input, np.uint8), self.info.img_size)
+            logits = stream_logits(self.model, x)
         p = {name: self.calibration.streams[name].probability(v.float().numpy()) for name, v in logits.items()}
         weights = self.calibration.weights
         return np.array([combined_probability({k: float(v[i]) for k, v in p.items()}, weights)

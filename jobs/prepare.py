@@ -10,7 +10,6 @@ made from the real crops in a second pass, split by split.
 from __future__ import annotations
 
 import json
-import math
 import time
 import uuid
 from collections import Counter
@@ -20,15 +19,23 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from detector.faces import FaceCropConfig
-from pipelines.dataset import (CROP_SCHEMA, PSEUDO_FAKE_KINDS, encode_crops, flatten_crops, list_labelled,
-                               load_donors, make_pseudo_fakes, pick_donors)
-from pipelines.decode import DecodeConfig, decode_videos
-from pipelines.faces import CropFaces
+from jobs.devices import GpuSettings, plan_devices
+from jobs.runtime import check_destination, cluster_resources, init_ray, quiet_ray_data
+from pipelines.dataset import (
+    CROP_SCHEMA,
+    PSEUDO_FAKE_KINDS,
+    flatten_crops,
+    list_labelled,
+    load_donors,
+    make_pseudo_fakes,
+    pick_donors,
+)
+from pipelines.errors import OptionError, SourceError
+from pipelines.execution import build_dataset
 from pipelines.rows import MANIFEST_SCHEMA
 from pipelines.sinks import write_atomic
-from pipelines.sources import SourceError, arrow_filesystem_for, filesystem_for, read_video_bytes, storage_options_for
-from jobs.scan import check_destination, init_ray, quiet_ray_data
+from pipelines.sources import arrow_filesystem_for, filesystem_for, storage_options_for
+from pipelines.stages import prepare_stages
 
 INPUT_COLUMNS = ["video_id", "uri", "label", "group", "split", "status", "error_stage", "error_message", "n_crops"]
 
@@ -45,8 +52,6 @@ class PrepareConfig:
     s3_endpoint: str | None = None
     rows_per_file: int = 2000
     max_side: int = 1280
-    decode_cpus: float = 0.5
-    faces_cpus: float = 1.0
 
 
 @dataclass
@@ -101,22 +106,10 @@ class PartWriter:
 
 
 def crop_dataset(config: PrepareConfig, labelled: pa.Table, storage_options: dict[str, Any]):
-    import ray
-    from ray.data import ActorPoolStrategy
-
-    quiet_ray_data()
     labels = {row["video_id"]: row for row in labelled.select(["video_id", "label", "group", "split"]).to_pylist()}
-    manifest = labelled.select(MANIFEST_SCHEMA.names).cast(MANIFEST_SCHEMA)
-    per_block = max(1, math.ceil(manifest.num_rows / 1000))
-    common = {"batch_format": "pyarrow", "zero_copy_batch": True}
-    ds = ray.data.from_arrow([manifest.slice(i, per_block) for i in range(0, manifest.num_rows, per_block)])
-    ds = ds.map_batches(read_video_bytes, fn_kwargs={"storage_options": storage_options, "max_bytes": 4 << 30},
-                        batch_size=1, num_cpus=config.decode_cpus, **common)
-    ds = ds.map_batches(decode_videos, fn_kwargs={"config": DecodeConfig(config.frames, config.max_side)},
-                        batch_size=1, num_cpus=config.decode_cpus, **common)
-    ds = ds.map_batches(CropFaces, fn_constructor_kwargs={"config": FaceCropConfig()}, batch_size=1,
-                        compute=ActorPoolStrategy(min_size=1, max_size=1), num_cpus=config.faces_cpus, **common)
-    return ds.map_batches(encode_crops, fn_kwargs={"labels": labels}, batch_size=4, num_cpus=0.25, **common)
+    stages = prepare_stages(storage_options, config.frames, config.max_side, labels)
+    stages = plan_devices(GpuSettings(), config.frames, stages, *cluster_resources()).apply(stages)
+    return build_dataset(labelled.select(MANIFEST_SCHEMA.names).cast(MANIFEST_SCHEMA), stages)
 
 
 def run_prepare(config: PrepareConfig) -> PrepareSummary:
@@ -125,7 +118,8 @@ def run_prepare(config: PrepareConfig) -> PrepareSummary:
     started = time.monotonic()
     unknown = set(config.pseudo_fakes) - set(PSEUDO_FAKE_KINDS)
     if unknown:
-        raise SourceError(f"unknown pseudo-fake kind {sorted(unknown)[0]!r}; choose from {', '.join(PSEUDO_FAKE_KINDS)}")
+        raise OptionError(f"unknown pseudo-fake kind {sorted(unknown)[0]!r}; "
+                          f"choose from {', '.join(PSEUDO_FAKE_KINDS)}")
     src_options = storage_options_for(config.source, config.s3_endpoint)
     out_options = storage_options_for(config.out, config.s3_endpoint)
     labelled = list_labelled(config.source, src_options, config.split_ratios)
@@ -138,6 +132,7 @@ def run_prepare(config: PrepareConfig) -> PrepareSummary:
         raise SourceError(f"{config.out} already holds a dataset; choose an empty --out")
 
     init_ray()
+    quiet_ray_data()
     writer = PartWriter(fs, f"{root}/crops", "real", config.rows_per_file)
     inputs = []
     for batch in crop_dataset(config, labelled, src_options).iter_batches(batch_format="pyarrow", batch_size=None):

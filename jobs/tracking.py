@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+
+from detector.factory import DetectorSpec, SpecError
+from pipelines.errors import UsageError
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -20,7 +24,7 @@ PYFUNC_CODE = Path(__file__).with_name("detector_pyfunc.py")
 WEIGHTS_ARTIFACT = "weights.safetensors"
 
 
-class RegistryError(ValueError):
+class RegistryError(UsageError):
     """A registry URI that cannot be resolved; the message is for the user."""
 
 
@@ -114,10 +118,10 @@ def log_and_register_model(tracking_uri: str, run_id: str, weights_path: Path, m
                            register_as: str, alias: str | None, tags: dict[str, str]) -> str:
     """Log the weights as a pyfunc model of ``run_id`` and register a new version; returns it."""
     import mlflow
+    import numpy as np
     from mlflow.models import ModelSignature
     from mlflow.tracking import MlflowClient
     from mlflow.types import Schema, TensorSpec
-    import numpy as np
 
     signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype("uint8"), (-1, -1, -1, 3), "crops")]),
                                outputs=Schema([TensorSpec(np.dtype("float32"), (-1,), "p_fake")]))
@@ -139,18 +143,6 @@ def log_and_register_model(tracking_uri: str, run_id: str, weights_path: Path, m
     return version
 
 
-def parse_models_uri(uri: str) -> tuple[str, str]:
-    """``models:/name@alias`` or ``models:/name/version`` → (name, alias or version)."""
-    rest = uri[len("models:/"):]
-    if "@" in rest:
-        name, _, ref = rest.partition("@")
-    else:
-        name, _, ref = rest.partition("/")
-    if not name or not ref:
-        raise RegistryError(f"not a registry URI: {uri!r}; use models:/NAME@ALIAS or models:/NAME/VERSION")
-    return name, ref
-
-
 def fetch_registered_weights(uri: str, tracking_uri: str | None) -> RegisteredWeights:
     """The safetensors bytes of a registered model version, with its name and version."""
     import mlflow
@@ -160,7 +152,10 @@ def fetch_registered_weights(uri: str, tracking_uri: str | None) -> RegisteredWe
     tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not tracking_uri:
         raise RegistryError(f"{uri} needs a tracking server: pass --tracking-uri or set MLFLOW_TRACKING_URI")
-    name, ref = parse_models_uri(uri)
+    try:
+        name, ref = DetectorSpec(uri).registry_ref()
+    except SpecError as exc:
+        raise RegistryError(str(exc)) from None
     client = MlflowClient(tracking_uri)
     try:
         version = client.get_model_version_by_alias(name, ref) if "@" in uri else client.get_model_version(name, ref)

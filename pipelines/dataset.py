@@ -20,8 +20,9 @@ import pyarrow.compute as pc
 from PIL import Image
 
 from detector.pseudofakes import landmark_swap, self_blend
+from pipelines.errors import SourceError
 from pipelines.rows import BASE, MANIFEST_SCHEMA, to_table, unpack_array
-from pipelines.sources import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, SourceError, filesystem_for, list_videos
+from pipelines.sources import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, filesystem_for, list_videos
 
 LABELS = {"real": 0, "fake": 1, "0": 0, "1": 1}
 SPLITS = ("train", "val", "test")

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+
 import av
 import numpy as np
 import pyarrow as pa
-import torch  # noqa: F401  - must load before decord: see below
+import torch  # noqa: F401 - must load before decord: see below
 
+# isort: split
 # decord2's bundled native libraries, loaded before torch, shadow symbols that torch's CPU
 # matmul resolves later, and MTCNN then segfaults in the same process. torch first is safe.
-import decord  # noqa: E402
+import decord
 
 from pipelines.rows import DECODED_SCHEMA, pack_array, stage_guard, to_table
 
@@ -68,7 +70,7 @@ def probe_video(data: bytes) -> VideoInfo:
             duration = float(stream.duration * stream.time_base)
         else:
             duration = float(container.duration or 0) / av.time_base
-        n_frames = stream.frames or int(round(duration * fps))
+        n_frames = stream.frames or round(duration * fps)
         first = next(container.decode(stream), None)
         if first is None:
             raise DecodeError("video stream has no decodable frame")
@@ -133,7 +135,7 @@ def decode_with_pyav(data: bytes, info: VideoInfo, config: DecodeConfig) -> Samp
 
 
 def upright(frames: np.ndarray, rotation: int) -> np.ndarray:
-    quarter_turns = int(round(rotation / 90.0)) % 4
+    quarter_turns = round(rotation / 90.0) % 4
     return np.ascontiguousarray(np.rot90(frames, k=quarter_turns, axes=(1, 2))) if quarter_turns else frames
 
 

@@ -6,19 +6,28 @@ lands in the same Parquet shape.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pyarrow as pa
 import torch
 
 from detector.attacks import PGDConfig
-from detector.ensemble import create_ensemble, weights_metadata
-from detector.evaluation import (OVERALL, SCENARIOS, EvaluatedDetector, attacker_bytes, attacker_from_bytes,
-                                 evaluate_crops, fit_unet_attacker)
+from detector.device import resolve_device
+from detector.evaluation import (
+    OVERALL,
+    SCENARIOS,
+    EvaluatedDetector,
+    attacker_bytes,
+    attacker_from_bytes,
+    evaluate_crops,
+    fit_unet_attacker,
+)
 from detector.explain import explain, heatmap_png
-from detector.hybrid import create_hybrid, preprocess_crops
-from detector.weights import read_metadata
+from detector.factory import DetectorSpec
+from detector.hybrid import preprocess_crops
 from pipelines.dataset import png_array
-from pipelines.score import hybrid_calibration
+from pipelines.inference import load_detector
 
 PREDICTION_SCHEMA = pa.schema([
     pa.field("crop_id", pa.string()),
@@ -32,18 +41,10 @@ PREDICTION_SCHEMA = pa.schema([
 ])
 
 
-def load_evaluated(weights: bytes, name: str, device: str = "cpu") -> tuple[EvaluatedDetector, dict[str, str]]:
-    """The detector in ``weights`` (hybrid or ensemble, told apart by its metadata) and a
-    description of it for the evaluation's record."""
-    if weights_metadata(read_metadata(weights)):
-        model, info = create_ensemble(weights=weights, device=device)
-        calibration, detector = info.calibration, "ensemble"
-    else:
-        model, info = create_hybrid(weights=weights, device=device)
-        calibration, detector = hybrid_calibration(info), "hybrid"
-    evaluated = EvaluatedDetector(name, model, calibration, model.config.img_size)
-    return evaluated, {"detector": detector, "config": info.config.name, "version": info.version,
-                       "trained": info.trained, "overall": evaluated.overall_rule}
+def load_evaluated(spec: DetectorSpec, weights: Any, name: str, device: str = "cpu") -> EvaluatedDetector:
+    """The detector (hybrid or ensemble, as its weights say), ready for the protocol."""
+    model, info = load_detector(spec, weights, device)
+    return EvaluatedDetector(name, model, info.calibration, info.img_size)
 
 
 def decode_batch(batch: pa.Table) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -62,10 +63,11 @@ class ScoreScenarios:
     """Ray Data actor: ``__init__`` loads the detector and its fitted attacker once;
     ``__call__`` turns a batch of (crop_id, label, image) rows into prediction rows."""
 
-    def __init__(self, weights: bytes, name: str, attacker: bytes | None, scenarios: tuple[str, ...] = SCENARIOS,
-                 pgd_iterations: int = 10, analysis: str | None = "gradcam", device: str | None = None) -> None:
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.detector, _ = load_evaluated(weights, name, self.device)
+    def __init__(self, spec: DetectorSpec, weights: Any, name: str, attacker: bytes | None,
+                 scenarios: tuple[str, ...] = SCENARIOS, pgd_iterations: int = 10, analysis: str | None = "gradcam",
+                 device: str | None = None) -> None:
+        self.device = resolve_device(device)
+        self.detector = load_evaluated(spec, weights, name, self.device)
         self.attacker = attacker_from_bytes(attacker).to(self.device) if attacker else None
         self.scenarios, self.analysis = scenarios, analysis
         self.pgd = PGDConfig(iterations=pgd_iterations)
@@ -89,19 +91,18 @@ class ScoreScenarios:
         return pa.Table.from_pylist(rows, schema=PREDICTION_SCHEMA)
 
 
-def fit_attacker(weights: bytes, name: str, crops: np.ndarray, labels: np.ndarray, steps: int,
+def fit_attacker(spec: DetectorSpec, weights: Any, name: str, crops: np.ndarray, labels: np.ndarray, steps: int,
                  seed: int = 0) -> bytes:
     """A U-Net attacker fitted against one detector, as bytes for the scoring actors."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    detector, _ = load_evaluated(weights, name, device)
+    detector = load_evaluated(spec, weights, name, resolve_device())
     return attacker_bytes(fit_unet_attacker(detector, crops, labels, steps, seed=seed))
 
 
-def gallery_heatmaps(weights: bytes, name: str, crops: np.ndarray, method: str = "scorecam",
+def gallery_heatmaps(spec: DetectorSpec, weights: Any, name: str, crops: np.ndarray, method: str = "scorecam",
                      top_k: int = 16) -> dict[str, list[bytes]]:
     """Per stream, a PNG (crop | heatmap overlay) for each crop: the galleries' images."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    detector, _ = load_evaluated(weights, name, device)
+    device = resolve_device()
+    detector = load_evaluated(spec, weights, name, device)
     if not len(crops):
         return {}
     pixels = preprocess_crops(crops, detector.img_size).to(device)

@@ -12,10 +12,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import torch
 
+from detector.device import resolve_device
 from detector.explain import explain, heatmap_png
+from detector.factory import DetectorSpec
 from detector.hybrid import preprocess_crops
+from pipelines.inference import load_detector
 from pipelines.rows import one_line, to_table, unpack_array
 from pipelines.sources import filesystem_for
 from pipelines.verdict import VERDICT_SCHEMA
@@ -31,17 +33,15 @@ def suspicious_faces(row: dict[str, Any], limit: int) -> list[int]:
 
 
 class ExplainFaces:
-    def __init__(self, detector: str, model_kwargs: dict[str, Any], out: str, storage_options: dict[str, Any],
+    """``spec`` and ``weights`` are those of the detector that explains (as its score stage's)."""
+
+    def __init__(self, spec: DetectorSpec, weights: Any, out: str, storage_options: dict[str, Any],
                  labels: tuple[str, ...] = ("fake",), max_faces: int = 4, top_k: int = 16,
                  device: str | None = None) -> None:
-        from pipelines.score import load_hybrid
-        from pipelines.score_ensemble import load_ensemble
-
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        load = load_hybrid if detector == "hybrid" else load_ensemble
-        self.model, _ = load(model_kwargs["model_spec"], self.device, model_kwargs.get("weights"),
-                             model_kwargs.get("name"), model_kwargs.get("version"))
-        self.stream = EXPLAINED_STREAM[detector]
+        self.device = resolve_device(device)
+        self.model, info = load_detector(spec, weights, self.device)
+        self.img_size = info.img_size
+        self.stream = EXPLAINED_STREAM[info.kind]
         self.fs = filesystem_for(out, storage_options)
         self.out = out.removeprefix("file://").rstrip("/")
         self.labels, self.max_faces, self.top_k = labels, max_faces, top_k
@@ -54,7 +54,7 @@ class ExplainFaces:
         n, size = len(row["face_p_fake"]), row["crop_size"]
         crops = unpack_array(row["crops"], [n, size, size, 3])
         picked = suspicious_faces(row, self.max_faces)
-        pixels = preprocess_crops(crops[picked], self.model.config.img_size).to(self.device)
+        pixels = preprocess_crops(crops[picked], self.img_size).to(self.device)
         heatmaps = explain(self.model, pixels, method="scorecam", streams=[self.stream], top_k=self.top_k)[self.stream]
         uris: list[str | None] = [None] * n
         for face, heatmap in zip(picked, heatmaps):

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import torch
 
+from detector.device import resolve_device
 from detector.faces import FaceCrop, FaceCropConfig, FaceCropper, resize_frames
 from pipelines.inference import run_batched
 from pipelines.rows import FACES_SCHEMA, pack_array, to_table, unpack_array
@@ -27,7 +27,7 @@ class CropFaces:
     ensemble's Global Texture stream; the full frames themselves go no further."""
 
     def __init__(self, config: FaceCropConfig, device: str | None = None, scene_size: int | None = None) -> None:
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = resolve_device(device)
         self.cropper = FaceCropper(config, device=self.device)
         self.crop_size = config.crop_size
         self.scene_size = scene_size

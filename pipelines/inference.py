@@ -10,14 +10,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from torch import nn
 
+from detector.device import resolve_device
 from detector.faces import upload_frames
+from detector.factory import DetectorInfo, DetectorSpec, create_detector
 from detector.hybrid import preprocess_crops
 from pipelines.rows import one_line, stage_guard
 
@@ -36,8 +39,8 @@ class InferenceSettings:
 
     @classmethod
     def for_device(cls, device: str | None, batch_size: int, autocast: str | None = None,
-                   channels_last: bool = False) -> "InferenceSettings":
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+                   channels_last: bool = False) -> InferenceSettings:
+        device = resolve_device(device)
         if autocast is not None and autocast not in AUTOCAST_DTYPES:
             raise ValueError(f"unknown autocast {autocast!r}; choose from {', '.join(AUTOCAST_DTYPES)}")
         return cls(device, batch_size, autocast, channels_last)
@@ -69,6 +72,16 @@ class InferenceSettings:
             for name, value in outputs.items():
                 parts.setdefault(name, []).append(value.float().cpu().numpy())
         return {name: np.concatenate(chunks) for name, chunks in parts.items()}
+
+
+def load_detector(spec: DetectorSpec, weights: Any, device: str) -> tuple[nn.Module, DetectorInfo]:
+    """A stage's model. ``weights`` are the file's bytes, or (what a job passes, so that actor
+    arguments stay small) an object ref to them that the job put once; None for a config."""
+    if weights is not None and not isinstance(weights, bytes):
+        import ray
+
+        weights = ray.get(weights)
+    return create_detector(spec, weights=weights, device=device)
 
 
 def run_batched(rows: Sequence[dict[str, Any]], stage: str, load: Callable[[dict[str, Any]], Loaded],

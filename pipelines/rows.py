@@ -8,8 +8,9 @@ stage that consumes them, which keeps the object store bounded.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -50,9 +51,6 @@ SCORES = [
     pa.field("model_name", pa.string()),
     pa.field("model_version", pa.string()),
     pa.field("model_trained", pa.bool_()),
-    # p = sigmoid(logit / temperature + bias), fitted on the model's validation set.
-    pa.field("calibration_temperature", pa.float64()),
-    pa.field("calibration_bias", pa.float64()),
     pa.field("hybrid_calibration", pa.string()),  # detector.voting.DetectorCalibration as JSON
     pa.field("face_logit_probes", pa.list_(pa.list_(pa.float32()))),  # [probe][face]
 ]

@@ -6,27 +6,16 @@ every video in a call share batches, and so do their frames.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from detector.ensemble import ENSEMBLE_CONFIGS, EnsembleDetector, EnsembleInfo, create_ensemble
-from pipelines.inference import InferenceSettings, run_batched, split
+from detector.factory import DetectorSpec
+from pipelines.inference import InferenceSettings, load_detector, run_batched, split
 from pipelines.probes import probe_crops
 from pipelines.rows import SCORING_SCHEMA, to_table, unpack_array
-
-
-def load_ensemble(spec: str, device: str = "cpu", weights: bytes | None = None, name: str | None = None,
-                  version: str | None = None) -> tuple[EnsembleDetector, EnsembleInfo]:
-    """``spec`` is a config name (random weights, marked untrained), a safetensors path/URI, or
-    a registry URI whose ``weights`` bytes the job fetched once for every actor."""
-    if weights is not None:
-        model, info = create_ensemble(weights=weights, device=device)
-        return model, replace(info, name=name or info.name, version=version or info.version, source=spec)
-    if spec in ENSEMBLE_CONFIGS:
-        return create_ensemble(spec, device=device)
-    return create_ensemble(weights=spec, device=device)
 
 
 @dataclass(frozen=True)
@@ -41,25 +30,23 @@ class VideoInputs:
 
 
 class ScoreEnsemble:
-    def __init__(self, model_spec: str, weights: bytes | None = None, name: str | None = None,
-                 version: str | None = None, batch_size: int = 32, device: str | None = None,
+    def __init__(self, spec: DetectorSpec, weights: Any = None, batch_size: int = 32, device: str | None = None,
                  autocast: str | None = None, channels_last: bool = False) -> None:
         self.settings = InferenceSettings.for_device(device, batch_size, autocast, channels_last)
-        self.device = self.settings.device
-        model, self.info = load_ensemble(model_spec, self.device, weights, name, version)
+        model, self.info = load_detector(spec, weights, self.settings.device)
         self.model = self.settings.prepare(model)
         self.calibration = self.info.calibration.to_json()
 
     def face_logits(self, crops: np.ndarray) -> dict[str, np.ndarray]:
         if not len(crops):
             return {"facial": np.zeros((0,), np.float32), "fusion": np.zeros((0,), np.float32)}
-        return self.settings.run(self.model.score_faces, crops, self.model.config.img_size)
+        return self.settings.run(self.model.score_faces, crops, self.info.img_size)
 
     def frame_logits(self, frames: np.ndarray) -> np.ndarray:
         if not len(frames):
             return np.zeros((0,), np.float32)
         return self.settings.run(lambda x: {"texture": self.model.score_frames(x)}, frames,
-                                 self.model.config.img_size)["texture"]
+                                 self.info.img_size)["texture"]
 
     @staticmethod
     def load(row: dict) -> VideoInputs:

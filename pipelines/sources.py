@@ -15,16 +15,13 @@ from typing import Any
 import fsspec
 import pyarrow as pa
 
+from pipelines.errors import SourceError
 from pipelines.rows import MANIFEST_SCHEMA, READ_SCHEMA, stage_guard, to_table
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".ts"})
 # Training data may be photos too: FFmpeg opens them as one-frame videos, so decode is shared.
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 SNIFF_BYTES = 1024
-
-
-class SourceError(ValueError):
-    """A source or destination that cannot be used; the message is for the user."""
 
 
 def storage_options_for(uri: str, s3_endpoint: str | None = None) -> dict[str, Any]:
@@ -103,7 +100,7 @@ def _list_local(root: Path, extensions: frozenset[str]) -> list[dict[str, Any]]:
     for path in files:
         uri = str(path.absolute())
         try:
-            if path != root and not _wanted(path.name, lambda: path.open("rb").read(SNIFF_BYTES), extensions):
+            if path != root and not _wanted(path.name, lambda p=path: p.open("rb").read(SNIFF_BYTES), extensions):
                 continue
             stat = path.stat()
             rows.append(_manifest_row(uri, stat.st_size, str(stat.st_mtime_ns)))
@@ -122,7 +119,7 @@ def _list_s3(fs: fsspec.AbstractFileSystem, uri: str, extensions: frozenset[str]
         if info.get("type") != "file":
             continue
         name = key.rsplit("/", 1)[-1]
-        if key != root and not _wanted(name, lambda: fs.cat_file(key, start=0, end=SNIFF_BYTES), extensions):
+        if key != root and not _wanted(name, lambda k=key: fs.cat_file(k, start=0, end=SNIFF_BYTES), extensions):
             continue
         etag = str(info.get("ETag") or info.get("etag") or info.get("LastModified") or "").strip('"')
         rows.append(_manifest_row(f"s3://{key}", int(info.get("size") or 0), etag))

@@ -8,13 +8,14 @@ groupby or shuffle.
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from detector.verdict import StreamResult, StreamScores, aggregate, judge_video, sigmoid
+from detector.calibration import sigmoid
+from detector.verdict import StreamResult, StreamScores, aggregate, judge_video
 from detector.voting import DetectorCalibration
 from pipelines.rows import BASE, CROPS, VIDEO, mark_error, one_line, to_table
 
@@ -67,6 +68,7 @@ NESTED_FACE_FIELDS = [
     pa.field("face_heatmap_uri", pa.list_(pa.string())),  # scan --explain: PNG of crop | heatmap, else null
 ]
 VERDICT_SCHEMA = pa.schema(BASE + VIDEO + VERDICT_FIELDS + NESTED_FACE_FIELDS)
+EXPLAIN_INPUT_SCHEMA = pa.schema(list(VERDICT_SCHEMA) + CROPS)  # with --explain, the crops go one stage further
 STAGE_TIMES = ("t_read_s", "t_decode_s", "t_faces_s", "t_probes_s", "t_score_s", "t_ensemble_s")
 
 
@@ -153,7 +155,7 @@ def verdict_for(row: dict[str, Any], aggregation: str) -> dict[str, Any]:
 def build_verdicts(batch: pa.Table, aggregation: str, run_id: str, keep_crops: bool = False) -> pa.Table:
     """Ray Data stage: the final, labelled row of every video; ``keep_crops`` passes the crops
     on for the explain stage, which drops them."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     rows = []
     for row in batch.to_pylist():
         try:
@@ -164,4 +166,4 @@ def build_verdicts(batch: pa.Table, aggregation: str, run_id: str, keep_crops: b
             verdict_for(mark_error(row, "verdict", one_line(exc)), aggregation)
         row.update(run_id=run_id, scanned_at=now)
         rows.append(row)
-    return to_table(rows, pa.schema(list(VERDICT_SCHEMA) + CROPS) if keep_crops else VERDICT_SCHEMA)
+    return to_table(rows, EXPLAIN_INPUT_SCHEMA if keep_crops else VERDICT_SCHEMA)

@@ -6,9 +6,17 @@ import math
 import pytest
 import torch
 
-from detector.attacks import (PGDConfig, UNetAttacker, UNetAttackerConfig, detector_loss, low_frequency_energy,
-                              pgd_attack, total_variation, unet_attacker_loss)
-from detector.hybrid import create_hybrid
+from detector.attacks import (
+    PGDConfig,
+    UNetAttacker,
+    UNetAttackerConfig,
+    detector_loss,
+    low_frequency_energy,
+    pgd_attack,
+    total_variation,
+    unet_attacker_loss,
+)
+from detector.factory import create_detector
 
 EPS = 8 / 255
 
@@ -18,7 +26,7 @@ def fixed_model() -> torch.nn.Module:
     """The tiny hybrid with frozen random weights, its last layer scaled so logits are O(1)
     (a fresh head answers ~0 whatever the input, which no attack can move)."""
     torch.manual_seed(0)
-    model, _ = create_hybrid("hybrid_tiny")
+    model, _ = create_detector("hybrid_tiny")
     with torch.no_grad():
         model.head[-1].weight.mul_(50.0)
     return model.eval().requires_grad_(False)
@@ -48,7 +56,7 @@ def test_pgd_raises_the_loss_of_a_fixed_model(fixed_model, batch):
 
 
 def test_pgd_leaves_the_model_mode_and_gradients_alone(batch):
-    model, _ = create_hybrid("hybrid_tiny")
+    model, _ = create_detector("hybrid_tiny")
     model.train()
     pgd_attack(model, *batch, PGDConfig(iterations=2))
     assert model.training

@@ -4,7 +4,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.decode import DecodeConfig, DecodeError, decode_with_pyav, probe_video, sample_frames, sample_indices, upright
+from pipelines.decode import (
+    DecodeConfig,
+    DecodeError,
+    decode_with_pyav,
+    probe_video,
+    sample_frames,
+    sample_indices,
+    upright,
+)
 from pipelines.sources import sniff_video
 
 
@@ -15,7 +23,7 @@ def test_sample_indices_are_evenly_spaced_and_bounded():
 
 
 def test_frames_are_capped_at_max_side(short_face_video):
-    info, sampled = sample_frames(short_face_video.read_bytes(), DecodeConfig(n_frames=4, max_side=320))
+    _, sampled = sample_frames(short_face_video.read_bytes(), DecodeConfig(n_frames=4, max_side=320))
     assert sampled.frames.shape[0] == 4 and max(sampled.frames.shape[1:3]) <= 320
     assert sampled.frames.dtype == np.uint8
     assert sampled.timestamps_s == sorted(sampled.timestamps_s)

@@ -1,21 +1,19 @@
-"""The ensemble detector in its tiny config: the real architecture, small enough for CPU."""
+"""The ensemble detector in its tiny config: the real architecture, small enough for CPU.
+Loading, saving and the contract every config keeps are in test_factory."""
 from __future__ import annotations
-
-import json
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from detector.ensemble import STREAMS, LoRALinear, create_ensemble
-from detector.voting import DetectorCalibration, StreamCalibration
-from detector.weights import save_weights
+from detector.ensemble import STREAMS, LoRALinear
+from detector.factory import create_detector
 
 
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)
-    return create_ensemble("ensemble_tiny")
+    return create_detector("ensemble_tiny")
 
 
 def test_forward_gives_one_logit_per_stream_and_backward_reaches_the_trained_parts(tiny):
@@ -43,39 +41,16 @@ def test_lora_adapters_start_as_the_base_layer():
     assert torch.equal(lora(x), base(x))
 
 
-def test_weights_round_trip_with_config_and_calibration(tiny, tmp_path):
-    model, info = tiny
-    calibration = DetectorCalibration("ensemble", {s: StreamCalibration(s, temperature=2.0, weight=2) for s in STREAMS})
-    path = tmp_path / "ensemble.safetensors"
-    save_weights(model, path, {"detector": "ensemble", "config": json.dumps(info.config.to_dict()), "trained": "true",
-                               "name": "fakescan-ensemble", "version": "7", **calibration.to_metadata()})
-    loaded, loaded_info = create_ensemble(weights=str(path))
-    faces = torch.rand(2, 3, 112, 112)
-    with torch.no_grad():
-        expected, actual = model(faces), loaded(faces)
-    assert all(torch.allclose(expected[s], actual[s], atol=1e-5) for s in STREAMS)
-    assert loaded_info.trained and loaded_info.version == "7" and loaded_info.calibration == calibration
-
-
-def test_hybrid_weights_are_refused_as_an_ensemble(tmp_path):
-    from detector.hybrid import create_hybrid
-
-    hybrid, _ = create_hybrid("hybrid_tiny")
-    save_weights(hybrid, tmp_path / "hybrid.safetensors", {"trained": "true"})
-    with pytest.raises(ValueError, match="not an ensemble weights file"):
-        create_ensemble(weights=str(tmp_path / "hybrid.safetensors"))
-
-
 def test_published_dinov2_and_open_clip_checkpoints_load_offline(tmp_path):
     # Checkpoints in timm's and open_clip's own key names, as their hub files hold them.
     torch.manual_seed(1)
-    donor, _ = create_ensemble("ensemble_tiny")
+    donor, _ = create_detector("ensemble_tiny")
     plain_backbone = {k: v for k, v in donor.backbone.state_dict().items() if "lora_" not in k}
     save_file({k: v.contiguous() for k, v in plain_backbone.items()}, str(tmp_path / "model.safetensors"))
     save_file({k: v.contiguous() for k, v in donor.clip.state_dict().items()},
               str(tmp_path / "open_clip_model.safetensors"))
     torch.manual_seed(2)
-    model, info = create_ensemble("ensemble_tiny", dinov2_weights=str(tmp_path / "model.safetensors"),
+    model, info = create_detector("ensemble_tiny", dinov2_weights=str(tmp_path / "model.safetensors"),
                                   clip_weights=str(tmp_path / "open_clip_model.safetensors"))
     assert torch.equal(model.backbone.blocks[0].attn.qkv.weight, donor.backbone.blocks[0].attn.qkv.weight)
     assert torch.equal(model.clip.visual.conv1.weight, donor.clip.visual.conv1.weight)

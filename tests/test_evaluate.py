@@ -12,13 +12,19 @@ import pytest
 import torch
 
 from detector.attacks import PGDConfig, detector_loss
-from detector.ensemble import create_ensemble
-from detector.evaluation import (SCENARIOS, EvaluatedDetector, compress, evaluate_crops, fit_unet_attacker,
-                                 scenario_pixels)
-from detector.hybrid import create_hybrid, preprocess_crops
+from detector.evaluation import (
+    SCENARIOS,
+    EvaluatedDetector,
+    compress,
+    evaluate_crops,
+    fit_unet_attacker,
+    scenario_pixels,
+)
+from detector.factory import create_detector
+from detector.hybrid import preprocess_crops
 from detector.voting import DetectorCalibration
 from detector.weights import save_weights
-from jobs.evaluate_outputs import metrics_table
+from jobs.evaluate.outputs import metrics_table
 from tests.conftest import run_fakescan
 
 
@@ -40,7 +46,7 @@ def tiny_hybrid(face_crops) -> EvaluatedDetector:
     (a random model's near-constant output gives a label-blind attacker nothing to work with)."""
     crops, labels = face_crops
     torch.manual_seed(0)
-    model, _ = create_hybrid("hybrid_tiny")
+    model, _ = create_detector("hybrid_tiny")
     pixels, targets = preprocess_crops(crops, model.config.img_size), torch.as_tensor(labels)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.train()
@@ -96,7 +102,7 @@ def test_h264_scenario_reencodes_each_crop_on_its_own(face_crops):
 
 def test_every_scenario_gives_every_stream_a_probability(face_crops):
     crops, labels = face_crops
-    model, info = create_ensemble("ensemble_tiny")
+    model, info = create_detector("ensemble_tiny")
     detector = EvaluatedDetector("ens", model, info.calibration, model.config.img_size)
     attacker = fit_unet_attacker(detector, crops, labels, steps=2)
     results = evaluate_crops(detector, crops[:2], labels[:2], SCENARIOS, attacker, PGDConfig(iterations=2))
@@ -133,10 +139,10 @@ def test_an_unknown_scenario_is_a_one_line_error(tmp_path):
 def tiny_weights(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("weights")
     torch.manual_seed(1)
-    hybrid, info = create_hybrid("hybrid_tiny")
+    hybrid, info = create_detector("hybrid_tiny")
     save_weights(hybrid, folder / "hybrid.safetensors", {"config": json.dumps(info.config.to_dict()),
                                                         "version": "t1"})
-    ensemble, info = create_ensemble("ensemble_tiny")
+    ensemble, info = create_detector("ensemble_tiny")
     save_weights(ensemble, folder / "ensemble.safetensors", {"detector": "ensemble", "version": "t2",
                                                             "config": json.dumps(info.config.to_dict())})
     return {"hybrid": folder / "hybrid.safetensors", "ensemble": folder / "ensemble.safetensors"}

@@ -11,12 +11,19 @@ import torch
 from PIL import Image
 from torch import nn
 
-from detector.ensemble import create_ensemble
 from detector.explain import (
-    METHODS, explain, feature_cosine, grad_cam, heatmap_entropy, heatmap_png, overlay, score_cam, stream_features,
+    METHODS,
+    explain,
+    feature_cosine,
+    grad_cam,
+    heatmap_entropy,
+    heatmap_png,
+    overlay,
+    score_cam,
+    stream_features,
     stream_names,
 )
-from detector.hybrid import create_hybrid
+from detector.factory import create_detector
 
 QUADRANTS = ((0, 0), (0, 1), (1, 0), (1, 1))  # (row, column): top-left, top-right, bottom-left, bottom-right
 RED, GREEN, BLUE, YELLOW = (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0), (1.0, 1.0, 0.0)
@@ -56,7 +63,8 @@ def scene(red_at: int, size: int = 32) -> torch.Tensor:
 def share_in_quadrant(heatmap: np.ndarray, quadrant: tuple[int, int]) -> float:
     half_h, half_w = heatmap.shape[0] // 2, heatmap.shape[1] // 2
     row, column = quadrant
-    return float(heatmap[row * half_h : (row + 1) * half_h, column * half_w : (column + 1) * half_w].sum() / heatmap.sum())
+    quadrant = heatmap[row * half_h : (row + 1) * half_h, column * half_w : (column + 1) * half_w]
+    return float(quadrant.sum() / heatmap.sum())
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -79,13 +87,13 @@ def test_cam_points_at_the_evidence_and_follows_it_from_image_to_image(method):
 @pytest.fixture(scope="module")
 def hybrid():
     torch.manual_seed(0)
-    return create_hybrid("hybrid_tiny")[0]
+    return create_detector("hybrid_tiny")[0]
 
 
 @pytest.fixture(scope="module")
 def ensemble():
     torch.manual_seed(0)
-    return create_ensemble("ensemble_tiny")[0]
+    return create_detector("ensemble_tiny")[0]
 
 
 def modes_and_state(model: nn.Module) -> tuple[list[bool], dict[str, torch.Tensor]]:
@@ -133,7 +141,8 @@ def test_explain_refuses_an_unknown_method_or_stream(hybrid, ensemble):
     pixels = torch.rand(1, 3, 64, 64)
     with pytest.raises(ValueError, match=r"unknown explanation method 'lime'; choose one of: scorecam, gradcam"):
         explain(hybrid, pixels, "lime")
-    with pytest.raises(ValueError, match=r"unknown stream 'audio' for EnsembleDetector; it has: texture, facial, fusion"):
+    with pytest.raises(ValueError, match=r"unknown stream 'audio' for EnsembleDetector; it has: texture, facial, "
+                                         r"fusion"):
         explain(ensemble, pixels, streams=["facial", "audio"])
 
 

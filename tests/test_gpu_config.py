@@ -19,16 +19,19 @@ import torch
 from PIL import Image
 
 from detector.faces import FaceCropConfig, FaceCropper
+from detector.factory import parse_detector_spec
 from detector.hybrid import preprocess_crops
-from jobs.scan import ScanConfig
-from jobs.scan_gpu import MPS_CONTROL, mps_daemon, plan_devices
-from jobs.train_ensemble import build_model
+from jobs.devices import MPS_CONTROL, GpuSettings, mps_daemon, plan_devices
+from jobs.train.ensemble import build_model
+from pipelines.errors import OptionError
 from pipelines.rows import FACES_SCHEMA, pack_array, to_table
 from pipelines.score import ScoreFaces
 from pipelines.score_ensemble import ScoreEnsemble
-from pipelines.sources import SourceError
+from pipelines.stages import ENSEMBLE, FACES, SCORE
 
-POOLS = ("hybrid", "ensemble")
+FRAMES = 32
+STAGES = [FACES.bind(config=FaceCropConfig(detect_batch_size=FRAMES)), SCORE, ENSEMBLE]
+HYBRID_TINY, ENSEMBLE_TINY = parse_detector_spec("hybrid_tiny"), parse_detector_spec("ensemble_tiny")
 
 
 @pytest.fixture(scope="module")
@@ -52,28 +55,30 @@ def scored(stage, rows: list[dict]) -> dict[str, dict]:
 
 
 def test_without_a_gpu_every_pool_gets_its_cpu_settings():
-    plan = plan_devices(ScanConfig("in", "out"), cluster_cpus=2, cluster_gpus=0, pools=POOLS)
+    plan = plan_devices(GpuSettings(), FRAMES, STAGES, cluster_cpus=2, cluster_gpus=0)
     assert plan.device == "cpu" and plan.autocast is None and not plan.channels_last and not plan.mps
-    assert [p.num_gpus for p in (plan.faces, plan.hybrid, plan.ensemble)] == [0, 0, 0]
+    faces, score, ensemble = plan.apply(STAGES)
+    assert [s.resources.gpus for s in (faces, score, ensemble)] == [0, 0, 0]
     # One video per MTCNN call, as many frames as it has; the forward batches the stages always used.
-    assert (plan.faces.videos_per_call, plan.faces.batch_size) == (1, 32)
-    assert (plan.hybrid.batch_size, plan.ensemble.batch_size) == (64, 32)
+    assert (faces.batch_size, faces.kwargs["config"].detect_batch_size) == (1, FRAMES)
+    assert (score.kwargs["batch_size"], ensemble.kwargs["batch_size"]) == (64, 32)
 
 
 def test_on_gpus_the_default_pools_share_each_gpu_without_overfilling_it():
-    config = ScanConfig("in", "out")
-    plan = plan_devices(config, cluster_cpus=192, cluster_gpus=8, pools=POOLS)
+    plan = plan_devices(GpuSettings(), FRAMES, STAGES, cluster_cpus=192, cluster_gpus=8)
     assert plan.device == "cuda" and plan.autocast == "bf16" and plan.channels_last and plan.mps
-    per_gpu = plan.faces.num_gpus * plan.faces.max_actors / 8 + plan.hybrid.num_gpus + plan.ensemble.num_gpus
+    faces, score, ensemble = plan.apply(STAGES)
+    per_gpu = faces.resources.gpus * faces.pool.max_actors / 8 + score.resources.gpus + ensemble.resources.gpus
     assert per_gpu <= 1.0
-    assert (plan.faces.max_actors, plan.hybrid.max_actors, plan.ensemble.max_actors) == (16, 8, 8)
+    assert (faces.pool.max_actors, score.pool.max_actors, ensemble.pool.max_actors) == (16, 8, 8)
+    assert all(s.kwargs["device"] == "cuda" for s in (faces, score, ensemble))
     # Whole videos per MTCNN call, enough for a full batch of frames.
-    assert plan.faces.videos_per_call * config.frames >= plan.faces.batch_size == 128
+    assert faces.batch_size * FRAMES >= faces.kwargs["config"].detect_batch_size == 128
 
 
 def test_gpu_shares_that_overfill_a_gpu_fail_in_one_line():
-    with pytest.raises(SourceError, match="add up to 1.3 of each GPU") as error:
-        plan_devices(ScanConfig("in", "out", ensemble_gpus=0.8), cluster_cpus=16, cluster_gpus=1, pools=POOLS)
+    with pytest.raises(OptionError, match=r"add up to 1\.3 of each GPU") as error:
+        plan_devices(GpuSettings(ensemble_gpus=0.8), FRAMES, STAGES, cluster_cpus=16, cluster_gpus=1)
     assert "\n" not in str(error.value)
 
 
@@ -95,7 +100,7 @@ def test_mps_falls_back_in_one_line_where_its_control_program_is_absent(monkeypa
 
 
 def test_hybrid_scores_videos_batched_together_as_it_scores_each_alone(face_photos):
-    stage = ScoreFaces("hybrid_tiny", batch_size=3, device="cpu")  # 3: batches straddle the videos
+    stage = ScoreFaces(HYBRID_TINY, batch_size=3, device="cpu")  # 3: batches straddle the videos
     rows = scored(stage, [faces_row("a", face_photos[:2]), faces_row("b", face_photos[2:])])
     with torch.inference_mode():
         for video_id, crops in (("a", face_photos[:2]), ("b", face_photos[2:])):
@@ -105,7 +110,7 @@ def test_hybrid_scores_videos_batched_together_as_it_scores_each_alone(face_phot
 
 
 def test_a_bad_video_in_a_batch_gets_its_error_and_the_others_their_scores(face_photos):
-    stage = ScoreFaces("hybrid_tiny", batch_size=3, device="cpu")
+    stage = ScoreFaces(HYBRID_TINY, batch_size=3, device="cpu")
     broken = dict(faces_row("broken", face_photos[:2]), crop_size=64)  # crops no longer match their shape
     none = faces_row("none", face_photos[:0], status="no_face")
     rows = scored(stage, [faces_row("a", face_photos[:2]), broken, none])
@@ -115,7 +120,7 @@ def test_a_bad_video_in_a_batch_gets_its_error_and_the_others_their_scores(face_
 
 
 def test_ensemble_scores_videos_batched_together_as_it_scores_each_alone(face_photos):
-    stage = ScoreEnsemble("ensemble_tiny", batch_size=3, device="cpu")
+    stage = ScoreEnsemble(ENSEMBLE_TINY, batch_size=3, device="cpu")
     size = stage.model.config.img_size
     frames = preprocess_crops(face_photos, size).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     videos = {"a": (face_photos[:2], frames[:2]), "b": (face_photos[2:], frames[2:])}
@@ -167,8 +172,8 @@ def test_gradient_checkpointing_keeps_the_fine_tunes_gradients():
 
 @pytest.mark.gpu
 def test_cuda_scoring_in_bf16_is_close_to_the_cpu(face_photos):
-    cpu = ScoreFaces("hybrid_tiny", device="cpu")
-    cuda = ScoreFaces("hybrid_tiny", device="cuda", autocast="bf16", channels_last=True)
+    cpu = ScoreFaces(HYBRID_TINY, device="cpu")
+    cuda = ScoreFaces(HYBRID_TINY, device="cuda", autocast="bf16", channels_last=True)
     cuda.model.load_state_dict(cpu.model.state_dict())
     on_gpu, on_cpu = cuda.score_crops(face_photos), cpu.score_crops(face_photos)
     np.testing.assert_allclose(on_gpu, on_cpu, atol=0.05, rtol=0.05)

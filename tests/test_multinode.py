@@ -7,9 +7,9 @@ import shutil
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pandas as pd
 import pyarrow.parquet as pq

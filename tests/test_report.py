@@ -20,13 +20,14 @@ import pytest
 from PIL import Image
 
 from detector.metrics import accuracy, expected_calibration_error, roc_auc
-from jobs.report import load_report
-from jobs.report_html import render
+from jobs.report.data import load_report
+from jobs.report.html import render
 from tests.conftest import run_fakescan
 
 SCENARIOS = ["clean", "jpeg50", "h264", "pgd", "unet", "unet_jpeg50", "unet_h264"]
 FAKES_ONLY = "unet"  # the attacker only touches fakes here, so AUC is undefined: the page must say so
-MODELS = [("baseline", "hybrid", 0.8), ("robust", "hybrid", 1.6), ("ensemble", "ensemble", 1.2)]  # name, detector, separation
+# name, detector, separation
+MODELS = [("baseline", "hybrid", 0.8), ("robust", "hybrid", 1.6), ("ensemble", "ensemble", 1.2)]
 STREAMS = {"hybrid": ["all"], "ensemble": ["all", "texture", "facial", "fusion"]}
 N_CROPS = 40
 # Runs after the page has loaded and writes what the browser made of it into the DOM, for --dump-dom.
@@ -95,7 +96,8 @@ def evaluation_dir(tmp_path_factory, sample_media) -> Path:
                 y = labels[chosen]
                 p = (1 / (1 + np.exp(-(separation * (2 * y - 1) + rng.normal(0, 1, len(y)))))).astype(np.float32)
                 predictions += [{"model": model, "stream": stream, "scenario": scenario, "crop_id": f"c{i:03d}",
-                                 "label": int(lab), "p_fake": float(q)} for i, lab, q in zip(np.flatnonzero(chosen), y, p)]
+                                 "label": int(lab), "p_fake": float(q)}
+                                for i, lab, q in zip(np.flatnonzero(chosen), y, p)]
                 metrics.append({"model": model, "detector": detector, "stream": stream, "scenario": scenario,
                                 "n": len(y), "accuracy": accuracy(y, p, 0.5), "auc": roc_auc(y, p),
                                 "ece": expected_calibration_error(p.astype(np.float64), y),
@@ -143,7 +145,8 @@ def evaluation_dir(tmp_path_factory, sample_media) -> Path:
 def evaluation_seen(evaluation_dir, chromium, tmp_path_factory) -> dict:
     result = run_fakescan("report", str(evaluation_dir), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.strip().splitlines()[-1].startswith(f"fakescan: report written to {evaluation_dir}/report.html")
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith(f"fakescan: report written to {evaluation_dir}/report.html")
     return seen_by_chromium(chromium, evaluation_dir / "report.html", tmp_path_factory.mktemp("chromium"))
 
 

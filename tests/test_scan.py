@@ -42,7 +42,8 @@ def test_files_that_are_not_videos_are_not_listed(mixed_scan):
 
 def test_each_odd_file_gets_its_expected_status_and_stage(mixed_scan, odd_media_dir):
     _, _, verdicts = mixed_scan
-    by_name = {Path(u).relative_to(odd_media_dir).as_posix(): row for u, row in zip(verdicts["uri"], verdicts.to_dict("records"))}
+    by_name = {Path(u).relative_to(odd_media_dir).as_posix(): row
+               for u, row in zip(verdicts["uri"], verdicts.to_dict("records"))}
     wrong = []
     for name, expect in odd_media_dir.expected.items():
         if expect.status == "absent":

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from jobs.scan import ScanConfig, ScanSummary, run_scan
+from jobs.scan.job import ScanConfig, ScanSummary, run_scan
 
 pytestmark = pytest.mark.slow
 

@@ -10,11 +10,12 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -155,7 +156,8 @@ def oversized_chunks(data: bytes) -> Any:
 
 
 BAD_REQUESTS: dict[str, tuple[int, Callable[[Server], dict[str, Any]]]] = {
-    "text named .mp4": (415, lambda s: {"files": {"file": ("notes.mp4", b"Meeting notes\n- archive the tapes\n" * 40)}}),
+    "text named .mp4": (415, lambda s: {"files": {"file": ("notes.mp4",
+                                                           b"Meeting notes\n- archive the tapes\n" * 40)}}),
     "empty file": (415, lambda s: {"files": {"file": ("empty.mp4", b"")}}),
     "form fields, not a file": (415, lambda s: {"data": {"uri": str(s.video)}}),
     "malformed JSON": (400, lambda s: {"data": b'{"uri": ', "headers": {"Content-Type": "application/json"}}),
@@ -199,7 +201,8 @@ def test_models_lists_each_detector_with_its_calibration(server):
     assert set(by_detector) == {"hybrid", "ensemble"}
     assert by_detector["hybrid"]["trained"] and by_detector["hybrid"]["version"]
     assert set(by_detector["ensemble"]["calibration"]) == {"texture", "facial", "fusion"}
-    assert all({"temperature", "low", "high", "weight"} <= set(s) for s in by_detector["ensemble"]["calibration"].values())
+    ensemble = by_detector["ensemble"]["calibration"].values()
+    assert all({"temperature", "low", "high", "weight"} <= set(s) for s in ensemble)
     assert (models["frames"], models["aggregation"]) == (4, "max_face_mean")
 
 

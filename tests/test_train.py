@@ -173,7 +173,7 @@ def test_killed_worker_resumes_from_its_checkpoint_in_the_same_run(ray_cluster, 
         pids = ray_cluster.worker_pids("RayTrainWorker")
         assert pids, "no Ray Train worker process found"
         os.kill(pids[-1], signal.SIGKILL)
-        stdout, stderr = process.communicate(timeout=600)
+        _, stderr = process.communicate(timeout=600)
     finally:
         if process.poll() is None:
             process.kill()
@@ -217,7 +217,8 @@ def test_calibration_round_trips_through_mlflow(trained_ensemble, prepared, tmp_
 
     tracking_uri = trained_ensemble["tracking_uri"]
     result = run_fakescan("calibrate", "--model", "models:/fakescan-ensemble@champion", "--data", str(prepared),
-                          "--out", str(tmp_path / "calibrated"), "--tracking-uri", tracking_uri, "--alias", "calibrated")
+                          "--out", str(tmp_path / "calibrated"), "--tracking-uri", tracking_uri,
+                          "--alias", "calibrated")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "texture: T" in result.stdout and "registered models:/fakescan-ensemble/2" in result.stdout
     client = mlflow_client(tracking_uri)

@@ -90,7 +90,7 @@ def clip_frames(video: Path, seconds: float, fps: float, width: int) -> list[np.
     start = times[0]
     # Output frame k shows the last source frame at or before k / fps.
     picks = [max(0, int(np.searchsorted(times, start + k / fps + 1e-6, side="right")) - 1)
-             for k in range(int(round(seconds * fps)))]
+             for k in range(round(seconds * fps))]
     return [decoded[i] for i in picks]
 
 

@@ -15,6 +15,7 @@ s3fs/boto3 honour it, pyarrow.fs.S3FileSystem does not (pass ``endpoint_override
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -148,7 +149,6 @@ def s3_bucket(s3fs_client) -> str:
     bucket = f"fakescan-{uuid.uuid4().hex[:16]}"
     s3fs_client.mkdir(bucket)
     yield bucket
-    try:  # radosgw keeps objects in RAM (memstore): free them, best effort
+    # radosgw keeps objects in RAM (memstore): free them, best effort.
+    with contextlib.suppress(OSError):
         s3fs_client.rm(bucket, recursive=True)
-    except Exception:
-        pass

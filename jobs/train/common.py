@@ -1,21 +1,61 @@
-"""What both training jobs share: worker sizing, the train split as a Ray Dataset, the
-TorchTrainer with checkpoints and failure handling, and the checkpoint files."""
+"""What both training jobs share: their config, worker sizing, the train split as a Ray
+Dataset, the TorchTrainer with checkpoints and failure handling, and the checkpoint files."""
 from __future__ import annotations
 
 import shutil
-import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
+from detector.factory import list_detectors
 from detector.weights import load_state, load_weights, save_weights
 from jobs import tracking
+from jobs.runtime import init_ray, quiet_ray_data, warn
 from pipelines.dataset import count_split, decode_images
-from pipelines.sources import SourceError, arrow_filesystem_for
+from pipelines.errors import OptionError, SourceError
+from pipelines.sources import arrow_filesystem_for
 
 WEIGHTS_FILE = tracking.WEIGHTS_ARTIFACT
 STATE_FILE = "train_state.pt"
+
+
+@dataclass
+class TrainConfig:
+    """The options of every training job; each detector's job adds its own."""
+
+    data: str
+    out: str
+    storage: str | None = None  # Ray Train storage for checkpoints, local or s3:// (default OUT/checkpoints)
+    name: str | None = None  # the run's name; rerunning a name resumes it
+    model: str = ""  # an architecture config of the job's detector
+    init: str | None = None  # weights to start from
+    workers: int = 2
+    epochs: int = 5
+    batch_size: int = 32
+    lr: float = 3e-4
+    val_limit: int = 2000
+    use_gpu: bool | None = None
+    max_failures: int = 3
+    tracking_uri: str | None = None
+    experiment: str = ""
+    register_as: str = ""
+    alias: str | None = None
+    s3_endpoint: str | None = None
+    seed: int = 0
+
+    kind = ""  # the detector kind the job trains
+
+    def check(self) -> None:
+        if self.model not in list_detectors(self.kind):
+            raise OptionError(f"unknown model config {self.model!r}; "
+                              f"choose from {', '.join(list_detectors(self.kind))}")
+
+    def params(self) -> dict[str, Any]:
+        """The options worth recording (MLflow parameters, the model card)."""
+        return {k: v for k, v in asdict(self).items() if v is not None and k != "tracking_uri"}
 
 
 def flip_augment(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -81,15 +121,12 @@ def fit_on_ray(loop: Callable[[dict[str, Any]], None], loop_config: dict[str, An
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from jobs.scan import init_ray, quiet_ray_data
-
     init_ray()
     quiet_ray_data()
     gpus = int(ray.cluster_resources().get("GPU", 0))
     if use_gpu is None and 0 < gpus < workers:
         # A GPU beats any number of CPU workers; say so rather than quietly training on CPU.
-        print(f"fakescan: {gpus} GPU(s) for {workers} workers: training with {gpus} worker(s), one per GPU",
-              file=sys.stderr)
+        warn(f"{gpus} GPU(s) for {workers} workers: training with {gpus} worker(s), one per GPU")
         workers = gpus
     use_gpu = use_gpu if use_gpu is not None else gpus >= workers > 0
     resources, threads = worker_resources(workers, use_gpu)
@@ -108,16 +145,26 @@ def fit_on_ray(loop: Callable[[dict[str, Any]], None], loop_config: dict[str, An
     return trainer.fit()
 
 
-def train_and_register(loop: Callable[[dict[str, Any]], None], loop_config: dict[str, Any], config: Any, crops: str,
-                       data_fs, out: Path, tracking_uri: str, run_id: str, card: Callable[[dict[str, float]], str],
-                       tags: Callable[[dict[str, float]], dict[str, str]]) -> dict[str, Any]:
-    """Fit on Ray, then what both training jobs do with the last checkpoint: copy its weights to
-    OUT/model, calibrate them on the val split, write the model card, register the model and
-    close the MLflow run (as FAILED when training fails)."""
+def run_training(config: TrainConfig, loop: Callable[[dict[str, Any]], None], loop_extra: dict[str, Any],
+                 notes: list[str], tags: dict[str, str]) -> dict[str, Any]:
+    """What every training job does around its loop: check the options and the data, open (or
+    resume) the MLflow run, fit on Ray, then copy the last checkpoint's weights to OUT/model,
+    calibrate them on the val split, write the model card, register the model and close the
+    run (as FAILED when training fails). ``loop_extra`` goes into the workers' loop config;
+    ``notes`` into the model card."""
     from mlflow.tracking import MlflowClient
 
     from jobs.calibrate import calibrate_file, calibration_metrics, write_reports
 
+    config.check()
+    out = Path(config.out).absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    crops, data_fs = check_train_split(config.data, config.s3_endpoint)
+    tracking_uri = tracking.tracking_uri_or_default(config.tracking_uri, out)
+    experiment_id = tracking.ensure_experiment(tracking_uri, config.experiment, out / "mlartifacts")
+    run_id = tracking.start_or_resume_run(tracking_uri, experiment_id, config.run_name, config.params() | loop_extra)
+    loop_config = asdict(config) | loop_extra | {"mlflow_run_id": run_id, "tracking_uri": tracking_uri,
+                                                 "run_name": config.run_name}
     client = MlflowClient(tracking_uri)
     try:
         result = fit_on_ray(loop, loop_config, crops, data_fs, workers=config.workers, use_gpu=config.use_gpu,
@@ -138,10 +185,24 @@ def train_and_register(loop: Callable[[dict[str, Any]], None], loop_config: dict
         metrics.update(calibration_metrics(calibration.calibration))
         tracking.log_files(tracking_uri, run_id, write_reports(calibration, model_dir),
                            calibration_metrics(calibration.calibration))
-    text = card(metrics)
+    text = model_card(config, loop_extra, metrics, run_id, notes)
     (model_dir / "MODEL_CARD.md").write_text(text)
     version = tracking.log_and_register_model(tracking_uri, run_id, model_dir / WEIGHTS_FILE, text,
-                                              config.register_as, config.alias, tags=tags(metrics))
+                                              config.register_as, config.alias,
+                                              tags=tags | {k: f"{v:.4f}" for k, v in metrics.items()
+                                                           if k.startswith("val_")})
     client.set_terminated(run_id, status="FINISHED")
     return {"run_id": run_id, "tracking_uri": tracking_uri, "model": f"models:/{config.register_as}/{version}",
             "weights": str(model_dir / WEIGHTS_FILE), "metrics": metrics}
+
+
+def model_card(config: TrainConfig, extra: dict[str, Any], metrics: dict[str, float], run_id: str,
+               notes: list[str]) -> str:
+    lines = [f"# {config.register_as} ({config.run_name})", "",
+             f"Trained by `fakescan train {config.kind}` on `{config.data}`; MLflow run `{run_id}`.", ""]
+    lines += [line for note in notes for line in (note, "")]
+    lines += ["| setting | value |", "| --- | --- |"]
+    lines += [f"| {k} | {v} |" for k, v in (asdict(config) | extra).items() if k != "tracking_uri"]
+    lines += ["", "Final epoch, validation split:", "", "| metric | value |", "| --- | --- |"]
+    lines += [f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items())]
+    return "\n".join(lines) + "\n"

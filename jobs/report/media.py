@@ -2,9 +2,11 @@
 face decoded from its video at the size the scan saw it, with the face's box drawn."""
 from __future__ import annotations
 
+import contextlib
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO
 
 import av
 import numpy as np
@@ -61,10 +63,8 @@ def frame_at(source: Any, timestamp_s: float) -> np.ndarray:
         start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
         half_frame = 0.5 / float(stream.average_rate or 25)
         target = start + timestamp_s
-        try:
+        with contextlib.suppress(av.FFmpegError):  # unseekable (a still image read as a video): decode from the start
             container.seek(int(target / stream.time_base), stream=stream, backward=True, any_frame=False)
-        except av.FFmpegError:
-            pass  # unseekable (a still image read as a video): decode from where the stream is
         chosen = None
         for frame in container.decode(stream):
             chosen = frame

@@ -8,12 +8,21 @@ from __future__ import annotations
 
 import base64
 import math
-from datetime import datetime, timezone
+from collections.abc import Iterable
+from datetime import UTC, datetime
 from html import escape
-from typing import Any, Iterable
+from typing import Any
 
-from jobs.report import (OVERALL, EvaluationReport, FlaggedVideo, GalleryCase, Picture, ScanReport, ScenarioPlots,
-                         Series)
+from jobs.report.data import (
+    OVERALL,
+    EvaluationReport,
+    FlaggedVideo,
+    GalleryCase,
+    Picture,
+    ScanReport,
+    ScenarioPlots,
+    Series,
+)
 
 SCENARIO_TITLES = {"clean": "Clean", "jpeg50": "JPEG 50", "h264": "H.264", "pgd": "PGD white box",
                    "unet": "Learned U-Net", "unet_jpeg50": "U-Net + JPEG 50", "unet_h264": "U-Net + H.264"}
@@ -23,7 +32,8 @@ LABEL_NAMES = {1: "fake", 0: "real"}
 STYLE = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1d1d1f;margin:0;background:#f6f7f9}
 main{max-width:1180px;margin:0 auto;padding:24px}
-h1{font-size:24px;margin:0 0 4px} h2{font-size:19px;margin:32px 0 10px;border-bottom:1px solid #d8dbe0;padding-bottom:4px}
+h1{font-size:24px;margin:0 0 4px}
+h2{font-size:19px;margin:32px 0 10px;border-bottom:1px solid #d8dbe0;padding-bottom:4px}
 h3{font-size:15px;margin:18px 0 8px}
 table{border-collapse:collapse;background:#fff;margin:6px 0 12px}
 th,td{border:1px solid #d8dbe0;padding:4px 8px;text-align:left;vertical-align:top}
@@ -76,7 +86,7 @@ def notes(items: list[str]) -> str:
 
 
 def page(title: str, subtitle: str, body: list[str]) -> str:
-    made = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    made = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{text(title)}</title>'
             f'<meta name="viewport" content="width=device-width,initial-scale=1"><style>{STYLE}</style></head>'
             f'<body><main><h1>{text(title)}</h1><p class="meta">{subtitle} · report made {made}</p>'
@@ -102,14 +112,17 @@ def line_plot(series: list[Series], *, kind: str, scenario: str, title: str, x_l
     height = legend_top + LEGEND_ROW * len(series) + 4
     parts = [f'<text x="{width / 2:.0f}" y="16" text-anchor="middle" font-weight="600">{text(title)}</text>']
     for tick in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0):
-        parts.append(f'<line x1="{sx(tick):.1f}" y1="{sy(0):.1f}" x2="{sx(tick):.1f}" y2="{sy(1):.1f}" stroke="#e4e6ea"/>'
-                     f'<line x1="{sx(0):.1f}" y1="{sy(tick):.1f}" x2="{sx(1):.1f}" y2="{sy(tick):.1f}" stroke="#e4e6ea"/>'
+        parts.append(f'<line x1="{sx(tick):.1f}" y1="{sy(0):.1f}" x2="{sx(tick):.1f}" y2="{sy(1):.1f}" '
+                     f'stroke="#e4e6ea"/>'
+                     f'<line x1="{sx(0):.1f}" y1="{sy(tick):.1f}" x2="{sx(1):.1f}" y2="{sy(tick):.1f}" '
+                     f'stroke="#e4e6ea"/>'
                      f'<text x="{sx(tick):.1f}" y="{sy(0) + 14:.1f}" text-anchor="middle">{tick:.1f}</text>'
                      f'<text x="{sx(0) - 5:.1f}" y="{sy(tick) + 4:.1f}" text-anchor="end">{tick:.1f}</text>')
     parts.append(f'<rect x="{sx(0)}" y="{sy(1)}" width="{PLOT_SIDE}" height="{PLOT_SIDE}" fill="none" stroke="#888"/>'
                  f'<line x1="{sx(0)}" y1="{sy(0)}" x2="{sx(1)}" y2="{sy(1)}" stroke="#999" stroke-dasharray="4 3"/>'
                  f'<text x="{sx(0.5):.1f}" y="{sy(0) + 30:.1f}" text-anchor="middle">{text(x_label)}</text>'
-                 f'<text transform="translate(12 {sy(0.5):.1f}) rotate(-90)" text-anchor="middle">{text(y_label)}</text>')
+                 f'<text transform="translate(12 {sy(0.5):.1f}) rotate(-90)" '
+                 f'text-anchor="middle">{text(y_label)}</text>')
     for i, line in enumerate(series):
         color = PALETTE[i % len(PALETTE)]
         coordinates = []
@@ -145,7 +158,8 @@ def render_evaluation(report: EvaluationReport) -> str:
 
 def evaluation_models(info: dict[str, Any]) -> str:
     rows = [f"<tr><td>{text(m['name'])}</td><td>{text(m.get('detector'))}</td><td>{text(m.get('version'))}</td>"
-            f"<td>{'yes' if m.get('trained') else 'no (random weights)'}</td><td class=uri>{text(m.get('uri'))}</td></tr>"
+            f"<td>{'yes' if m.get('trained') else 'no (random weights)'}</td>"
+            f"<td class=uri>{text(m.get('uri'))}</td></tr>"
             for m in info.get("models", [])]
     settings = "".join(f"<li><b>{text(k)}</b>: {text(v)}</li>" for k, v in sorted(info.get("settings", {}).items()))
     return ("<h2>Models</h2>" + table(["model", "detector", "version", "trained", "uri"], rows)
@@ -170,7 +184,8 @@ def protocol_table(report: EvaluationReport) -> str:
             finite = [v for v in values if v is not None and not math.isnan(v)]
             best = len(finite) > 1 and value in finite and value == (min(finite) if metric == "ece" else max(finite))
             cells.append(num_cell(value, best=best, model=model, metric=metric, scenario=scenario))
-        rows.append(f'<tr data-scenario="{text(scenario)}"><th>{text(scenario_title(scenario))}</th>{"".join(cells)}</tr>')
+        rows.append(f'<tr data-scenario="{text(scenario)}"><th>{text(scenario_title(scenario))}</th>'
+                    f'{"".join(cells)}</tr>')
     headers = ["Scenario"] + [f"{names[metric]} ({model})" for metric, model in columns]
     return ('<h2>Protocol</h2><p>Stream "all" (each detector\'s calibrated overall probability); best per row in '
             'bold; ECE: lower is better.</p>' + table(headers, rows, "protocol"))
@@ -239,7 +254,8 @@ def gallery_section(gallery: dict[str, list[GalleryCase]]) -> str:
         for case in cases:
             verdicts = "".join(
                 f"<p><b>{text(v.model)}</b> ({text(v.stream)}): p_fake {number(v.p_fake)}</p>"
-                + (picture(v.heatmap, f"heatmap of {case.crop_id} by {v.model} {v.stream}", "heatmap") if v.heatmap else "")
+                + (picture(v.heatmap, f"heatmap of {case.crop_id} by {v.model} {v.stream}", "heatmap")
+                   if v.heatmap else "")
                 for v in case.verdicts)
             if all(v.heatmap is None for v in case.verdicts):
                 verdicts += picture(Picture(None, missing="no heatmap for this crop"), "")
@@ -274,12 +290,14 @@ def scan_counts(report: ScanReport) -> str:
         rows = [f'<tr><td>{text(k)}</td>{num_cell(v, **{kind: k})}</tr>' for k, v in values.items()]
         return table([kind, "videos"], rows, f"counts-{kind}")
 
-    return f'<h2>Videos</h2><div class="grid">{counts("status", report.by_status)}{counts("label", report.by_label)}</div>'
+    return (f'<h2>Videos</h2><div class="grid">{counts("status", report.by_status)}'
+            f'{counts("label", report.by_label)}</div>')
 
 
 def flagged_section(report: ScanReport) -> str:
     heading = (f"<h2>Flagged videos</h2><p>{len(report.flagged)} of {report.n_flaggable} labelled fake or uncertain, "
-               "fake first, then by p_fake. The thumbnail is the frame of the highest-scoring face, its box in red.</p>")
+               "fake first, then by p_fake. The thumbnail is the frame of the highest-scoring face, "
+               "its box in red.</p>")
     if not report.flagged:
         return heading + "<p>No video was labelled fake or uncertain.</p>"
     return heading + table(["#", "video", "thumbnail", "heatmaps"],

@@ -1,8 +1,8 @@
 """The scan's stages on one video at a time, in-process: what a Serve replica runs per request.
 
-Same stage classes, in the same order and on the same Arrow rows as the scan's Ray Data
-pipeline (jobs/scan.py), so that a served verdict is exactly the row ``fakescan scan`` writes
-to ``verdicts/`` for that file, and its faces the rows it writes to ``faces/``. Nothing here
+The same stage list as the scan's Ray Data pipeline (``pipelines.stages.scan_stages``), on the
+same Arrow rows, so that a served verdict is exactly the row ``fakescan scan`` writes to
+``verdicts/`` for that file, and its faces the rows it writes to ``faces/``. Nothing here
 imports Ray: the replica wraps it, and a benchmark can call it directly.
 """
 from __future__ import annotations
@@ -11,6 +11,7 @@ import hashlib
 import math
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -18,18 +19,13 @@ from typing import Any
 
 import pyarrow as pa
 
-from detector.faces import FaceCropConfig
-from pipelines.decode import DecodeConfig, DecodeError, decode_videos, probe_video
-from pipelines.faces import CropFaces
+from pipelines.decode import DecodeError, probe_video
+from pipelines.errors import SourceError
+from pipelines.execution import InProcessPipeline
 from pipelines.rows import READ_SCHEMA, to_table
-from pipelines.score import ScoreFaces, hybrid_calibration
-from pipelines.score_ensemble import ScoreEnsemble
 from pipelines.sinks import VERDICTS_SCHEMA, split_faces
-from pipelines.sources import (SNIFF_BYTES, SourceError, list_videos, read_video_bytes, sniff_video,
-                               video_id_for)
-from pipelines.verdict import build_verdicts
-
-STAGES = {"hybrid": ScoreFaces, "ensemble": ScoreEnsemble}
+from pipelines.sources import SNIFF_BYTES, list_videos, read_video_bytes, sniff_video, video_id_for
+from pipelines.stages import ResolvedDetector, ScanSettings, scan_stages
 
 
 class NotAVideo(ValueError):
@@ -45,14 +41,6 @@ class ForbiddenSource(ValueError):
 
 
 @dataclass(frozen=True)
-class PipelineSettings:
-    frames: int = 32
-    aggregation: str = "max_face_mean"
-    max_side: int = 1280
-    detect_long_side: int = 640
-
-
-@dataclass(frozen=True)
 class Video:
     """One video to scan: its manifest row, built as the scan lists it, and its bytes."""
 
@@ -64,50 +52,30 @@ class Video:
 
 
 class VideoPipeline:
-    """decode → faces → every detector → verdict. ``models`` is ``jobs.scan.resolve_models``'s
-    answer: each detector's stage arguments, registry weights included."""
+    """decode → faces → every detector → verdict: the scan's stages after ``read`` (the server
+    reads the upload or the URI itself)."""
 
-    def __init__(self, models: dict[str, dict[str, Any]], settings: PipelineSettings, run_id: str,
+    def __init__(self, detectors: Mapping[str, ResolvedDetector], settings: ScanSettings,
                  device: str | None = None) -> None:
-        self.settings = settings
-        self.run_id = run_id
-        self.decode_config = DecodeConfig(settings.frames, settings.max_side)
-        scene_size = models["ensemble"]["scene_size"] if "ensemble" in models else None
-        self.crop_faces = CropFaces(FaceCropConfig(detect_long_side=settings.detect_long_side), device=device,
-                                    scene_size=scene_size)
-        self.scorers: dict[str, ScoreFaces | ScoreEnsemble] = {
-            detector: STAGES[detector](**{k: v for k, v in kwargs.items() if k != "scene_size"}, device=device)
-            for detector, kwargs in models.items()
-        }
+        self.detectors = detectors
+        self.stages = InProcessPipeline([s for s in scan_stages(settings, detectors) if s.name != "read"], device)
 
     def decode(self, videos: pa.Table) -> pa.Table:
-        return decode_videos(videos, self.decode_config)
+        return self.stages.run(videos, "prepare")
 
     def detect(self, decoded: pa.Table) -> pa.Table:
         """The model stages, on any number of decoded rows (a replica batches them)."""
-        scored = self.crop_faces(decoded)
-        for scorer in self.scorers.values():
-            scored = scorer(scored)
-        return scored
+        return self.stages.run(decoded, "detect")
 
     def judge(self, scored: pa.Table) -> pa.Table:
-        return build_verdicts(scored, self.settings.aggregation, self.run_id)
+        return self.stages.run(scored, "judge")
 
     def __call__(self, videos: pa.Table) -> pa.Table:
         return self.judge(self.detect(self.decode(videos)))
 
     def describe(self) -> list[dict[str, Any]]:
         """Each detector's model, whether it was trained, and its calibration per stream."""
-        described = []
-        for detector, scorer in self.scorers.items():
-            info = scorer.info
-            calibration = hybrid_calibration(info) if isinstance(scorer, ScoreFaces) else info.calibration
-            described.append({
-                "detector": detector, "name": info.name, "version": info.version, "trained": info.trained,
-                "source": info.source, "config": info.config.name,
-                "calibration": {name: stream.to_dict() for name, stream in calibration.streams.items()},
-            })
-        return described
+        return [detector.info.describe() for detector in self.detectors.values()]
 
 
 def upload_video(data: bytes, filename: str | None, read_seconds: float) -> Video:

@@ -12,7 +12,6 @@ scan records its parameters, the device plan and these figures as one run of the
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -22,7 +21,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.sources import SourceError
+from jobs.runtime import warn
+from pipelines.errors import SourceError
 from pipelines.verdict import STAGE_TIMES
 
 EXPERIMENT = "fakescan-scan"
@@ -121,5 +121,4 @@ class ScanRun:
             client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in sorted(metrics.items())])
             client.set_terminated(self.run_id, status="FAILED" if failed else "FINISHED")
         except Exception as exc:  # noqa: BLE001 - the verdicts are written; a lost record must not fail the scan
-            print(f"fakescan: warning: could not finish MLflow run {self.run_id}: {' '.join(str(exc).split())[:300]}",
-                  file=sys.stderr)
+            warn(f"could not finish MLflow run {self.run_id}: {' '.join(str(exc).split())[:300]}")

@@ -1,15 +1,16 @@
 """``fakescan report``: one self-contained HTML page from an evaluation's or a scan's output.
 
 This module recognises what a folder (local or ``s3://``) holds, loads it and assembles plain
-records; ``jobs.report_html`` renders them. Every picture is fetched and encoded here, so the
+records; ``jobs.report.html`` renders them. Every picture is fetched and encoded here, so the
 page needs nothing but itself: no network, no files beside it.
 """
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import fsspec
 import numpy as np
@@ -18,11 +19,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from detector.metrics import reliability_curve, roc_curve
-from jobs.report_media import Picture, checked_image, face_thumbnail
+from jobs.evaluate.outputs import EVALUATION_FILE
+from jobs.report.media import Picture, checked_image, face_thumbnail
+from pipelines.errors import SourceError
 from pipelines.rows import one_line
-from pipelines.sources import SourceError, filesystem_for, storage_options_for
+from pipelines.sources import filesystem_for, storage_options_for
 
-EVALUATION_FILE = "evaluation.json"
 OVERALL = "all"  # the detector's calibrated overall probability, beside an ensemble's own streams
 FLAGGED_LABELS = ("fake", "uncertain")  # in the order they are shown
 HEATMAPS_PER_VIDEO = 3

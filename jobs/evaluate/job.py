@@ -12,25 +12,34 @@ renders it.
 from __future__ import annotations
 
 import json
-import sys
 import time
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from detector.evaluation import overall_rule
 from detector.protocol import ATTACKS, OVERALL, SCENARIOS
 from jobs import tracking
-from jobs.evaluate_outputs import (analysis_table, gallery_picks, metrics_table, mlflow_metrics, png_bytes_of,
-                                   put_bytes, write_table)
-from jobs.scan import init_ray, pool_size, quiet_ray_data
+from jobs.evaluate.outputs import (
+    EVALUATION_FILE,
+    analysis_table,
+    gallery_picks,
+    metrics_table,
+    mlflow_metrics,
+    png_bytes_of,
+    put_bytes,
+    write_table,
+)
+from jobs.models import resolve_detector, warn_if_untrained
+from jobs.runtime import cluster_resources, init_ray, pool_size, quiet_ray_data, warn
 from pipelines.dataset import decode_images, sample_split
-from pipelines.sources import SourceError, arrow_filesystem_for, filesystem_for, storage_options_for
-
-EVALUATION_FILE = "evaluation.json"
+from pipelines.errors import OptionError, SourceError
+from pipelines.sources import arrow_filesystem_for, filesystem_for, storage_options_for
+from pipelines.stages import ResolvedDetector
 
 
 @dataclass
@@ -57,9 +66,14 @@ class EvaluateConfig:
 @dataclass(frozen=True)
 class ModelUnderTest:
     name: str
-    uri: str
-    weights: bytes
-    info: dict[str, Any]
+    detector: ResolvedDetector
+
+    def record(self) -> dict[str, Any]:
+        """What evaluation.json says of the model."""
+        info = self.detector.info
+        return {"name": self.name, "uri": self.detector.spec.source, "detector": info.kind,
+                "config": info.config.name, "version": info.version, "trained": info.trained,
+                "overall": overall_rule(info.calibration)}
 
 
 def parse_model(text: str) -> tuple[str, str]:
@@ -74,26 +88,15 @@ def parse_model(text: str) -> tuple[str, str]:
 
 
 def load_models(config: EvaluateConfig) -> list[ModelUnderTest]:
-    from detector.pretrained import read_bytes
-    from pipelines.evaluate import load_evaluated
-
     models, seen = [], set()
     for text in config.models:
         name, spec = parse_model(text)
         if name in seen:
-            raise SourceError(f"two models are named {name!r}: name them, e.g. --model baseline=PATH")
+            raise OptionError(f"two models are named {name!r}: name them, e.g. --model baseline=PATH")
         seen.add(name)
-        if spec.startswith("models:/"):
-            weights = tracking.fetch_registered_weights(spec, config.tracking_uri).data
-        else:
-            weights = read_bytes(spec, storage_options_for(spec, config.s3_endpoint))
-        try:
-            _, info = load_evaluated(weights, name)
-        except (ValueError, KeyError) as exc:
-            raise SourceError(f"cannot load the model {spec}: {exc}") from None
-        if not info["trained"]:
-            print(f"fakescan: warning: {name} has no trained weights", file=sys.stderr)
-        models.append(ModelUnderTest(name, spec, weights, {"name": name, "uri": spec, **info}))
+        model = ModelUnderTest(name, resolve_detector(spec, None, config.tracking_uri, config.s3_endpoint))
+        warn_if_untrained(model.detector, "its figures describe random weights")
+        models.append(model)
     return models
 
 
@@ -109,8 +112,8 @@ def prepared_data(config: EvaluateConfig) -> tuple[str, str]:
     prepared = f"{config.out.rstrip('/')}/prepared"
     if not filesystem_for(prepared, storage_options_for(prepared, config.s3_endpoint)).exists(
             f"{prepared.removeprefix('file://')}/crops"):
-        print(run_prepare(PrepareConfig(source=data, out=prepared, split_ratios=(0.0, 0.0, 1.0),
-                                        s3_endpoint=config.s3_endpoint)).line(), file=sys.stderr)
+        warn(run_prepare(PrepareConfig(source=data, out=prepared, split_ratios=(0.0, 0.0, 1.0),
+                                       s3_endpoint=config.s3_endpoint)).line().removeprefix("fakescan: "))
     config.notes.append(f"{data} is a labelled video set: prepared into {prepared}, every video in the test split")
     return prepared, "test"
 
@@ -137,8 +140,8 @@ def fit_attackers(config: EvaluateConfig, models: list[ModelUnderTest], data: st
         table = read_crops(data, config.split, config.s3_endpoint, 512, config.seed)
     decoded = decode_images(table)
     task = ray.remote(fit_attacker).options(num_cpus=config.actor_cpus)
-    refs = {m.name: task.remote(m.weights, m.name, decoded["pixels"], decoded["label"], config.unet_steps,
-                                config.seed) for m in models}
+    refs = {m.name: task.remote(m.detector.spec, m.detector.weights, m.name, decoded["pixels"], decoded["label"],
+                                config.unet_steps, config.seed) for m in models}
     return {name: ray.get(ref) for name, ref in refs.items()}
 
 
@@ -150,11 +153,12 @@ def score_model(config: EvaluateConfig, model: ModelUnderTest, crops: pa.Table, 
 
     blocks = [crops.slice(i, config.batch_size) for i in range(0, crops.num_rows, config.batch_size)]
     ds = ray.data.from_arrow(blocks).map_batches(
-        ScoreScenarios, fn_constructor_kwargs={"weights": model.weights, "name": model.name, "attacker": attacker,
+        ScoreScenarios, fn_constructor_kwargs={"spec": model.detector.spec, "weights": model.detector.weights,
+                                               "name": model.name, "attacker": attacker,
                                                "scenarios": config.scenarios, "pgd_iterations": config.pgd_iterations,
                                                "analysis": config.analysis},
         batch_size=config.batch_size, batch_format="pyarrow", num_cpus=config.actor_cpus,
-        compute=ActorPoolStrategy(min_size=1, max_size=pool_size(config.actor_cpus, 1.0)))
+        compute=ActorPoolStrategy(min_size=1, max_size=pool_size(cluster_resources()[0], config.actor_cpus, 1.0)))
     parts = list(ds.iter_batches(batch_format="pyarrow", batch_size=None))
     table = pa.concat_tables(parts) if parts else pa.table({})
     return table.add_column(0, "model", pa.array([model.name] * table.num_rows, pa.string()))
@@ -177,7 +181,7 @@ def draw_galleries(config: EvaluateConfig, models: list[ModelUnderTest], predict
     for crop_id, image in zip(chosen["crop_id"].to_pylist(), pixels):
         put_bytes(out_fs, f"{root}/gallery/crops/{crop_id}.png", png_bytes_of(image))
     task = ray.remote(gallery_heatmaps).options(num_cpus=config.actor_cpus)
-    heatmaps = ray.get([task.remote(m.weights, m.name, pixels) for m in models])
+    heatmaps = ray.get([task.remote(m.detector.spec, m.detector.weights, m.name, pixels) for m in models])
     p_clean = predictions.filter(pc.equal(predictions["scenario"], "clean"))
     p_of = {(r["model"], r["stream"], r["crop_id"]): r["p_fake"]
             for r in p_clean.select(["model", "stream", "crop_id", "p_fake"]).to_pylist()}
@@ -216,7 +220,7 @@ def run_evaluate(config: EvaluateConfig) -> dict[str, Any]:
     started = time.monotonic()
     unknown = [s for s in config.scenarios if s not in SCENARIOS]
     if unknown:
-        raise SourceError(f"unknown scenario {unknown[0]!r}; choose from {', '.join(SCENARIOS)}")
+        raise OptionError(f"unknown scenario {unknown[0]!r}; choose from {', '.join(SCENARIOS)}")
     models = load_models(config)
     data, split = prepared_data(config)
     crops = read_crops(data, split, config.s3_endpoint, config.limit, config.seed)
@@ -227,25 +231,29 @@ def run_evaluate(config: EvaluateConfig) -> dict[str, Any]:
 
     init_ray()
     quiet_ray_data()
+    import ray
+
+    models = [replace(m, detector=replace(m.detector, weights=ray.put(m.detector.weights))) for m in models]
     attackers = fit_attackers(config, models, data)
     predictions = pa.concat_tables([score_model(config, m, crops, attackers[m.name]) for m in models])
-    metrics = metrics_table(predictions, {m.name: m.info["detector"] for m in models})
+    metrics = metrics_table(predictions, {m.name: m.detector.info.kind for m in models})
 
     out_fs = filesystem_for(config.out, storage_options_for(config.out, config.s3_endpoint))
     root = config.out.removeprefix("file://").rstrip("/")
     out_fs.makedirs(root, exist_ok=True)
     gallery = draw_galleries(config, models, predictions, crops, out_fs, root) if config.gallery else pa.table({})
     summary = {
-        "kind": "fakescan-evaluation", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "kind": "fakescan-evaluation", "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "data": data, "split": split, "n": crops.num_rows, "n_fake": int(pc.sum(crops["label"]).as_py() or 0),
-        "scenarios": list(config.scenarios), "models": [m.info for m in models], "mlflow_run_id": None,
+        "scenarios": list(config.scenarios), "models": [m.record() for m in models], "mlflow_run_id": None,
         "settings": {k: v for k, v in asdict(config).items() if k not in ("models", "notes")},
         "notes": config.notes,
     }
     tables = {"metrics": metrics, "predictions": predictions.drop_columns(["feature_cosine", "entropy", "logit"]),
               "analysis": analysis_table(predictions), "gallery": gallery}
     local = Path(config.out).absolute() if "://" not in config.out else None
-    files = [write_table(out_fs, f"{root}/{name}.parquet", table) for name, table in tables.items() if table.num_columns]
+    files = [write_table(out_fs, f"{root}/{name}.parquet", table)
+             for name, table in tables.items() if table.num_columns]
     summary["mlflow_run_id"] = record_in_mlflow(config, summary, metrics, [Path(f) for f in files] if local else [])
     summary["seconds"] = round(time.monotonic() - started, 1)
     out_fs.pipe(f"{root}/{EVALUATION_FILE}", (json.dumps(summary, indent=2) + "\n").encode())

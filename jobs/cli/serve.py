@@ -2,36 +2,13 @@
 from __future__ import annotations
 
 import argparse
-import os
-import re
 import sys
 
-BYTE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "m": 1 << 20, "mb": 1 << 20, "g": 1 << 30, "gb": 1 << 30}
-
-
-def byte_size(text: str) -> int:
-    """A size such as 200MB, 512k or 1048576 (units are powers of 1024)."""
-    match = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", text)
-    unit = match.group(2).lower() if match else ""
-    if not match or unit not in BYTE_UNITS or int(match.group(1)) < 1:
-        raise argparse.ArgumentTypeError(f"not a size such as 200MB, 512KB or 1048576: {text!r}")
-    return int(match.group(1)) * BYTE_UNITS[unit]
-
-
-def cpu_share(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < value <= 1024:
-        raise argparse.ArgumentTypeError(f"must be more than 0: {text}")
-    return value
+from jobs.cli.arguments import EXIT_USAGE, add_s3_endpoint, byte_size, name_list, positive_float, positive_int
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
-    # jobs.cli imports this module to build its parser: import its helpers here, not at the top.
     from detector.verdict import AGGREGATIONS
-    from jobs.cli import name_list, positive_int
 
     serve = commands.add_parser(
         "serve", help="serve verdicts for single videos over HTTP (Ray Serve)",
@@ -50,9 +27,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                        help="detectors to run, e.g. hybrid,ensemble (default: every detector that has a model)")
     serve.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for models:/ (default "
                        "$MLFLOW_TRACKING_URI)")
-    serve.add_argument("--s3-endpoint", default=os.environ.get("FAKESCAN_S3_ENDPOINT"), metavar="URL",
-                       help="S3 endpoint for {\"uri\": \"s3://...\"} on non-AWS stores; credentials come from the "
-                            "standard AWS_* environment variables")
+    add_s3_endpoint(serve)
     serve.add_argument("--uri-prefix", dest="uri_prefixes", action="append", default=[], metavar="PREFIX",
                        help="let {\"uri\": ...} read only under this folder or s3:// prefix (repeatable; default: "
                             "anything this server can read)")
@@ -61,7 +36,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                        help="frame → video rule (default max_face_mean)")
     serve.add_argument("--replicas", type=positive_int, default=1, help="replicas, each with its own models "
                        "(default 1)")
-    serve.add_argument("--replica-cpus", type=cpu_share, default=0.5, help="CPUs reserved per replica, fractions "
+    serve.add_argument("--replica-cpus", type=positive_float, default=0.5, help="CPUs reserved per replica, fractions "
                        "allowed (default 0.5)")
     serve.add_argument("--max-ongoing-requests", type=positive_int, default=8,
                        help="requests a replica holds at once; more wait in the proxy (default 8)")
@@ -74,9 +49,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from jobs.cli import EXIT_USAGE
-    from jobs.scan import default_ensemble_model, default_model
-    from jobs.serve import ServeConfig, serve_until_stopped
+    from jobs.serve.app import ServeConfig, serve_until_stopped
 
     if args.max_batch_size > args.max_ongoing_requests:
         print(f"fakescan: error: --max-batch-size {args.max_batch_size} can never fill with "
@@ -86,8 +59,8 @@ def run(args: argparse.Namespace) -> int:
         print("fakescan: error: --batch-wait-s must be 0 or more", file=sys.stderr)
         return EXIT_USAGE
     config = ServeConfig(
-        host=args.host, port=args.port, model=args.model or default_model(),
-        ensemble_model=args.ensemble_model or default_ensemble_model(), detectors=args.detectors,
+        host=args.host, port=args.port, model=args.model,
+        ensemble_model=args.ensemble_model, detectors=args.detectors,
         tracking_uri=args.tracking_uri, s3_endpoint=args.s3_endpoint, frames=args.frames,
         aggregation=args.aggregation, replicas=args.replicas, replica_cpus=args.replica_cpus,
         max_ongoing_requests=args.max_ongoing_requests, max_batch_size=args.max_batch_size,

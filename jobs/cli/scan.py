@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import argparse
-import os
+from dataclasses import fields
+
+from jobs.cli.arguments import add_s3_endpoint, name_list, positive_int
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     from detector.degrade import PROBES
     from detector.verdict import AGGREGATIONS
-    from jobs.cli import name_list, positive_int
 
     scan = commands.add_parser("scan", help="scan videos and write Parquet verdicts",
                                description="Scan every video under SOURCE and write one verdict per video to "
@@ -35,9 +36,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                       "the scan records its run (default $MLFLOW_TRACKING_URI; none: nothing is recorded)")
     scan.add_argument("--frames", type=positive_int, default=32, help="frames sampled per video, evenly spaced "
                       "(default 32)")
-    scan.add_argument("--s3-endpoint", default=os.environ.get("FAKESCAN_S3_ENDPOINT"), metavar="URL",
-                      help="S3 endpoint for non-AWS stores (Ceph, MinIO); credentials and region come from the "
-                           "standard AWS_* environment variables")
+    add_s3_endpoint(scan)
     scan.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                       help="skip videos that already have a verdict in DEST (default: --resume)")
     scan.add_argument("--limit", type=positive_int, default=None, help="scan at most N videos not yet done")
@@ -66,23 +65,20 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     gpu.add_argument("--mps", action=argparse.BooleanOptionalAction, help="start CUDA MPS while actors share a GPU")
 
 
-GPU_OPTIONS = ("detect_long_side", "faces_gpus", "faces_actors_per_gpu", "score_gpus", "ensemble_gpus",
-               "gpu_detect_batch", "gpu_hybrid_batch", "gpu_ensemble_batch", "gpu_videos_per_call", "gpu_autocast",
-               "channels_last", "mps")
-
-
 def run(args: argparse.Namespace) -> int:
-    from jobs.scan import ScanConfig, default_ensemble_model, default_model, run_scan
+    from jobs.devices import GpuSettings
+    from jobs.scan.job import ScanConfig, run_scan
 
+    # Only the GPU options given: GpuSettings holds the defaults.
+    given = {f.name: getattr(args, f.name) for f in fields(GpuSettings)}
+    gpu = GpuSettings(**{name: value for name, value in given.items() if value is not None})
     config = ScanConfig(
-        source=args.source, out=args.out.rstrip("/"), model=args.model or default_model(),
-        ensemble_model=args.ensemble_model or default_ensemble_model(), detectors=args.detectors, probes=args.probes,
-        frames=args.frames,
-        s3_endpoint=args.s3_endpoint, resume=args.resume, limit=args.limit, aggregation=args.aggregation,
-        rows_per_file=args.rows_per_file, flush_seconds=args.flush_seconds, progress=not args.no_progress,
-        tracking_uri=args.tracking_uri, explain=args.explain,
-        # Only what was given: ScanConfig holds the defaults.
-        **{name: getattr(args, name) for name in GPU_OPTIONS if getattr(args, name) is not None},
+        source=args.source, out=args.out.rstrip("/"), model=args.model, ensemble_model=args.ensemble_model,
+        detectors=args.detectors, probes=args.probes, frames=args.frames, s3_endpoint=args.s3_endpoint,
+        resume=args.resume, limit=args.limit, aggregation=args.aggregation, rows_per_file=args.rows_per_file,
+        flush_seconds=args.flush_seconds, progress=not args.no_progress, tracking_uri=args.tracking_uri,
+        explain=args.explain, gpu=gpu,
+        **({"detect_long_side": args.detect_long_side} if args.detect_long_side is not None else {}),
     )
     summary = run_scan(config)
     print(summary.line())

@@ -12,12 +12,11 @@
 """
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,38 +24,24 @@ import torch
 
 from detector.adversarial import StepConfig, TrainStep, bare
 from detector.attacks import PGDConfig, UNetAttacker
-from detector.hybrid import HYBRID_CONFIGS, create_hybrid, preprocess_crops
+from detector.factory import create_detector, parse_detector_spec, weights_metadata
+from detector.hybrid import preprocess_crops
 from detector.robustness import scenario_metrics
-from jobs import tracking
-from jobs.training import check_train_split, flip_augment, load_checkpoint, save_checkpoint, train_and_register
+from jobs.train.common import TrainConfig, flip_augment, load_checkpoint, run_training, save_checkpoint
 from pipelines.dataset import read_split
-from pipelines.sources import SourceError, arrow_filesystem_for
+from pipelines.sources import arrow_filesystem_for
 
 
 @dataclass
-class HybridTrainConfig:
-    data: str
-    out: str
-    storage: str | None = None
-    name: str | None = None
+class HybridTrainConfig(TrainConfig):
     model: str = "hybrid_b0"
-    init: str | None = None  # weights to start from (e.g. a baseline model to harden)
-    mode: str = "adversarial"
-    workers: int = 2
-    epochs: int = 5
-    batch_size: int = 32
-    lr: float = 3e-4
+    mode: str = "adversarial"  # adversarial | baseline
     pgd_steps: int = 10
-    val_limit: int = 2000
     val_pgd_limit: int = 256
-    use_gpu: bool | None = None
-    max_failures: int = 3
-    tracking_uri: str | None = None
     experiment: str = "fakescan-hybrid"
     register_as: str = "fakescan-hybrid"
-    alias: str | None = None
-    s3_endpoint: str | None = None
-    seed: int = 0
+
+    kind = "hybrid"
 
     @property
     def run_name(self) -> str:
@@ -75,7 +60,7 @@ def train_loop(cfg: dict[str, Any]) -> None:
     torch.manual_seed(cfg["seed"] + rank)
     torch.set_num_threads(cfg["threads"])
     generator = torch.Generator().manual_seed(cfg["seed"] + 1000 * rank)
-    model, info = create_hybrid(cfg["model"], weights=cfg["init"])
+    model, info = create_detector(parse_detector_spec(cfg["init"] or cfg["model"], "hybrid"), device="cpu")
     attacker = UNetAttacker() if cfg["mode"] == "adversarial" else None
     start_epoch, state = load_checkpoint(model)
     model = ray.train.torch.prepare_model(model)
@@ -85,8 +70,8 @@ def train_loop(cfg: dict[str, Any]) -> None:
     if state is not None:
         step.load_state_dict(state["step"])
     device = ray.train.torch.get_device()
-    metadata = {"name": cfg["register_as"], "version": f"{cfg['mlflow_run_id'][:8]}", "trained": "true",
-                "config": json.dumps(info.config.to_dict()), "mode": cfg["mode"], "source": cfg["run_name"]}
+    metadata = weights_metadata("hybrid", info.config, cfg["register_as"], cfg["mlflow_run_id"][:8], cfg["run_name"],
+                                mode=cfg["mode"])
     if rank == 0:
         # A client, not mlflow.start_run: the run belongs to the job, and a worker that exits
         # (or is killed) must not end it.
@@ -127,29 +112,5 @@ def train_loop(cfg: dict[str, Any]) -> None:
 
 
 def run_train_hybrid(config: HybridTrainConfig) -> dict[str, Any]:
-    if config.model not in HYBRID_CONFIGS:
-        raise SourceError(f"unknown model config {config.model!r}; choose from {', '.join(HYBRID_CONFIGS)}")
-    out = Path(config.out).absolute()
-    out.mkdir(parents=True, exist_ok=True)
-    crops, data_fs = check_train_split(config.data, config.s3_endpoint)
-    tracking_uri = tracking.tracking_uri_or_default(config.tracking_uri, out)
-    experiment_id = tracking.ensure_experiment(tracking_uri, config.experiment, out / "mlartifacts")
-    params = {k: v for k, v in asdict(config).items() if v is not None and k not in ("tracking_uri",)}
-    run_id = tracking.start_or_resume_run(tracking_uri, experiment_id, config.run_name, params)
-    loop_config = dict(asdict(config), mlflow_run_id=run_id, tracking_uri=tracking_uri, run_name=config.run_name)
-    return train_and_register(
-        train_loop, loop_config, config, crops, data_fs, out, tracking_uri, run_id,
-        card=lambda metrics: model_card(config, metrics, run_id),
-        tags=lambda metrics: {"mode": config.mode, "model": config.model,
-                              **{k: f"{v:.4f}" for k, v in metrics.items() if k.startswith("val_")}})
-
-
-def model_card(config: HybridTrainConfig, metrics: dict[str, float], run_id: str) -> str:
-    lines = [f"# {config.register_as} ({config.model}, {config.mode})", "",
-             f"Trained by `fakescan train hybrid` on `{config.data}`; MLflow run `{run_id}`.", "",
-             "| setting | value |", "| --- | --- |"]
-    lines += [f"| {k} | {v} |" for k, v in asdict(config).items() if k not in ("tracking_uri",)]
-    lines += ["", "Final epoch, validation split:", "", "| metric | value |", "| --- | --- |"]
-    lines += [f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items())]
-    return "\n".join(lines) + "\n"
-
+    return run_training(config, train_loop, {}, notes=[],
+                        tags={"mode": config.mode, "model": config.model})

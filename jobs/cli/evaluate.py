@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
+
+from jobs.cli.arguments import add_s3_endpoint, name_list, positive_int
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     from detector.protocol import EXPLAIN_METHODS, SCENARIOS
-    from jobs.cli import name_list, positive_int
 
     evaluate = commands.add_parser(
         "evaluate", help="the robustness protocol: accuracy, ROC AUC and ECE under 7 scenarios",
@@ -39,11 +39,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--batch-size", type=positive_int, default=16)
     evaluate.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, "
                           "else sqlite under OUT)")
-    evaluate.add_argument("--s3-endpoint", default=os.environ.get("FAKESCAN_S3_ENDPOINT"), metavar="URL")
+    add_s3_endpoint(evaluate)
 
 
 def run(args: argparse.Namespace) -> int:
-    from jobs.evaluate import EvaluateConfig, run_evaluate
+    from jobs.evaluate.job import EvaluateConfig, run_evaluate
 
     config = EvaluateConfig(
         models=tuple(args.model), data=args.data, out=args.out.rstrip("/"), split=args.split,

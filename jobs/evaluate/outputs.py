@@ -10,9 +10,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from detector.protocol import OVERALL
 from detector.metrics import accuracy, expected_calibration_error, roc_auc
+from detector.protocol import OVERALL
 
+EVALUATION_FILE = "evaluation.json"  # what was evaluated, with notes: the evaluation's record
 METRICS_SCHEMA = pa.schema([
     ("model", pa.string()), ("detector", pa.string()), ("stream", pa.string()), ("scenario", pa.string()),
     ("n", pa.int64()), ("accuracy", pa.float64()), ("auc", pa.float64()), ("ece", pa.float64()),
@@ -77,7 +78,7 @@ def gallery_picks(predictions: pa.Table, per_kind: int) -> list[tuple[str, str]]
         return []
     overall = clean.filter(pc.equal(clean["stream"], OVERALL))
     picks: dict[str, str] = {}
-    for model, g in _groups(overall, ("model",)).items():
+    for g in _groups(overall, ("model",)).values():
         for i in np.argsort(-g["p_fake"], kind="stable")[:per_kind]:
             picks.setdefault(str(g["crop_id"][i]), "confident_fake")
     models = set(overall["model"].to_pylist())

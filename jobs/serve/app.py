@@ -19,9 +19,10 @@ import threading
 import time
 import urllib.request
 import uuid
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
 import pyarrow as pa
 import ray
@@ -33,11 +34,22 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from jobs.scan import ScanConfig, default_ensemble_model, default_model, init_ray, resolve_models
-from jobs.serve_pipeline import (ForbiddenSource, NotAVideo, PipelineSettings, UnreadableSource, Video,
-                                 VideoPipeline, check_uri_allowed, check_video, read_uri, scan_result,
-                                 upload_video)
+from jobs.models import put_weights, resolve_detectors
+from jobs.runtime import init_ray
+from jobs.serve.pipeline import (
+    ForbiddenSource,
+    NotAVideo,
+    UnreadableSource,
+    Video,
+    VideoPipeline,
+    check_uri_allowed,
+    check_video,
+    read_uri,
+    scan_result,
+    upload_video,
+)
 from pipelines.sources import storage_options_for
+from pipelines.stages import ResolvedDetector, ScanSettings
 
 APP_NAME = "fakescan"
 MAX_JSON_BYTES = 64 << 10
@@ -48,8 +60,8 @@ log = logging.getLogger("fakescan.serve")
 class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
-    model: str = field(default_factory=default_model)
-    ensemble_model: str | None = field(default_factory=default_ensemble_model)
+    model: str | None = None  # None: the bundled starter hybrid, as in the scan
+    ensemble_model: str | None = None  # None: the bundled starter ensemble, when installed
     detectors: tuple[str, ...] | None = None  # None: every detector that has a model, as in the scan
     tracking_uri: str | None = None
     s3_endpoint: str | None = None
@@ -65,8 +77,8 @@ class ServeConfig:
     max_upload_bytes: int = 200 << 20  # also the largest file read from a URI
     uri_prefixes: tuple[str, ...] = ()  # where {"uri": …} may read; empty: anywhere this server can
 
-    def pipeline_settings(self) -> PipelineSettings:
-        return PipelineSettings(frames=self.frames, aggregation=self.aggregation)
+    def scan_settings(self, run_id: str) -> ScanSettings:
+        return ScanSettings(run_id=run_id, frames=self.frames, aggregation=self.aggregation)
 
 
 class BadRequest(ValueError):
@@ -131,11 +143,9 @@ async def limited_body(request: Request, limit: int) -> AsyncIterator[bytes]:
 @serve.deployment(name="ScanService", max_constructor_retry_count=2)
 @serve.ingress(api)
 class ScanService:
-    def __init__(self, models: dict[str, dict[str, Any]], config: ServeConfig, run_id: str) -> None:
-        # Registry weights arrive as object refs (fetched once by the driver; see build_app).
-        models = {detector: {k: ray.get(v) if isinstance(v, ray.ObjectRef) else v for k, v in kwargs.items()}
-                  for detector, kwargs in models.items()}
-        self.pipeline = VideoPipeline(models, config.pipeline_settings(), run_id)
+    def __init__(self, detectors: dict[str, ResolvedDetector], config: ServeConfig, run_id: str) -> None:
+        # The weights arrive as object refs (read once by the driver; see build_app).
+        self.pipeline = VideoPipeline(detectors, config.scan_settings(run_id))
         self.config = config
         self.models = {"detectors": self.pipeline.describe(), "frames": config.frames,
                        "aggregation": config.aggregation, "run_id": run_id}
@@ -207,23 +217,21 @@ class ScanService:
         return await asyncio.to_thread(read_uri, uri, options, self.config.max_upload_bytes)
 
 
-def build_app(config: ServeConfig, models: dict[str, dict[str, Any]], run_id: str) -> serve.Application:
-    """The Serve application; ``models`` is ``resolve_models``'s answer. Needs Ray initialised."""
-    # Registry weights go to the object store once, not into the deployment's stored config.
-    models = {detector: {k: ray.put(v) if k == "weights" else v for k, v in kwargs.items()}
-              for detector, kwargs in models.items()}
+def build_app(config: ServeConfig, detectors: dict[str, ResolvedDetector], run_id: str) -> serve.Application:
+    """The Serve application for ``resolve_serve_models``'s detectors. Needs Ray initialised."""
     actor_options: dict[str, Any] = {"num_cpus": config.replica_cpus}
     if ray.cluster_resources().get("GPU", 0) > 0:
         actor_options["num_gpus"] = config.replica_gpus
     return ScanService.options(num_replicas=config.replicas, max_ongoing_requests=config.max_ongoing_requests,
-                               ray_actor_options=actor_options).bind(models, config, run_id)
+                               ray_actor_options=actor_options).bind(
+        # The weights go to the object store once, not into the deployment's stored config.
+        put_weights(detectors), config, run_id)
 
 
-def resolve_serve_models(config: ServeConfig) -> dict[str, dict[str, Any]]:
+def resolve_serve_models(config: ServeConfig) -> dict[str, ResolvedDetector]:
     """The scan's model resolution (registry fetch, one-line errors) for the served detectors."""
-    scan = ScanConfig(source="", out="", model=config.model, ensemble_model=config.ensemble_model,
-                      detectors=config.detectors, tracking_uri=config.tracking_uri, aggregation=config.aggregation)
-    return resolve_models(scan)
+    return resolve_detectors(config.model, config.ensemble_model, config.detectors, config.tracking_uri,
+                             config.s3_endpoint)
 
 
 def url_of(config: ServeConfig) -> str:
@@ -266,7 +274,7 @@ def deploy(config: ServeConfig) -> str:
     models = resolve_serve_models(config)  # a bad --model fails here, in one line, before Ray starts
     init_ray()
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
-    run_id = "serve-" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    run_id = "serve-" + datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     serve.start(http_options={"host": config.host, "port": config.port})
     serve.run(build_app(config, models, run_id), name=APP_NAME, route_prefix="/")
     url = url_of(config)

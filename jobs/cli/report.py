@@ -7,15 +7,15 @@ prints one line. A PATH that is neither an evaluation nor a scan raises ``Source
 from __future__ import annotations
 
 import argparse
-import os
 from typing import TYPE_CHECKING
 
+from jobs.cli.arguments import add_s3_endpoint, positive_int
+
 if TYPE_CHECKING:
-    from jobs.report import EvaluationReport, ScanReport
+    from jobs.report.data import EvaluationReport, ScanReport
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
-    from jobs.cli import positive_int
 
     report = commands.add_parser(
         "report", help="write a self-contained HTML report of an evaluation or a scan",
@@ -27,13 +27,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                         help="where to write the report, local or s3:// (default PATH/report.html)")
     report.add_argument("--top", type=positive_int, default=20, metavar="N",
                         help="flagged videos shown for a scan, fake first then uncertain, by p_fake (default 20)")
-    report.add_argument("--s3-endpoint", default=os.environ.get("FAKESCAN_S3_ENDPOINT"), metavar="URL",
-                        help="S3 endpoint for non-AWS stores (Ceph, MinIO); credentials come from AWS_* variables")
+    add_s3_endpoint(report)
 
 
 def run(args: argparse.Namespace) -> int:
-    from jobs.report import default_out, load_report, write_page
-    from jobs.report_html import render
+    from jobs.report.data import default_out, load_report, write_page
+    from jobs.report.html import render
 
     report = load_report(args.path, args.s3_endpoint, args.top)
     out = args.out or default_out(args.path)
@@ -44,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
 
 def describe(report: EvaluationReport | ScanReport) -> str:
     """What the page shows, in a few words."""
-    from jobs.report import EvaluationReport
+    from jobs.report.data import EvaluationReport
 
     if isinstance(report, EvaluationReport):
         cases = sum(len(c) for c in report.gallery.values())

@@ -12,12 +12,11 @@ registered (default ``fakescan-ensemble``) with its calibration.
 """
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,21 +25,20 @@ import torch
 import torch.nn.functional as F
 
 from detector.degrade import DegradationConfig, DegradationEngine, apply_probe
-from detector.ensemble import ENSEMBLE_CONFIGS, STREAMS, create_ensemble
+from detector.ensemble import STREAMS
+from detector.factory import create_detector, parse_detector_spec, weights_metadata
 from detector.hybrid import preprocess_crops
 from detector.metrics import roc_auc
-from jobs import tracking
-from jobs.training import check_train_split, flip_augment, load_checkpoint, save_checkpoint, train_and_register
+from jobs.train.common import TrainConfig, flip_augment, load_checkpoint, run_training, save_checkpoint
 from pipelines.dataset import read_split
-from pipelines.sources import SourceError, arrow_filesystem_for
+from pipelines.errors import OptionError
+from pipelines.sources import arrow_filesystem_for
+
+FINETUNE_MODES = ("lora", "full", "frozen")
 
 
 @dataclass
-class EnsembleTrainConfig:
-    data: str
-    out: str
-    storage: str | None = None
-    name: str | None = None
+class EnsembleTrainConfig(TrainConfig):
     model: str = "ensemble_giant"
     finetune: str | None = None  # default: lora on a published backbone, full on a random one
     # Recompute the backbone blocks' activations in the backward pass (one more forward pass per
@@ -48,21 +46,16 @@ class EnsembleTrainConfig:
     grad_checkpointing: bool = False
     dinov2_weights: str | None = None
     clip_weights: str | None = None
-    init: str | None = None  # our own ensemble weights to continue from
-    workers: int = 2
-    epochs: int = 5
-    batch_size: int = 32
-    lr: float = 3e-4
     degrade_share: float = 0.5
-    val_limit: int = 2000
-    use_gpu: bool | None = None
-    max_failures: int = 3
-    tracking_uri: str | None = None
     experiment: str = "fakescan-ensemble"
     register_as: str = "fakescan-ensemble"
-    alias: str | None = None
-    s3_endpoint: str | None = None
-    seed: int = 0
+
+    kind = "ensemble"
+
+    def check(self) -> None:
+        super().check()
+        if self.finetune_mode not in FINETUNE_MODES:
+            raise OptionError(f"unknown --finetune {self.finetune_mode!r}; choose from {', '.join(FINETUNE_MODES)}")
 
     @property
     def finetune_mode(self) -> str:
@@ -76,12 +69,11 @@ class EnsembleTrainConfig:
 
 
 def build_model(cfg: dict[str, Any]):
-    config = replace(ENSEMBLE_CONFIGS[cfg["model"]], finetune=cfg["finetune_mode"])
-    if cfg["init"]:
-        model, info = create_ensemble(weights=cfg["init"])
-        model.set_finetune(cfg["finetune_mode"])
-    else:
-        model, info = create_ensemble(config, dinov2_weights=cfg["dinov2_weights"], clip_weights=cfg["clip_weights"])
+    """The model to fine-tune: our weights to continue from, or a config with published DINOv2
+    and CLIP checkpoints (or random weights)."""
+    pretrained = {} if cfg["init"] else {"dinov2_weights": cfg["dinov2_weights"], "clip_weights": cfg["clip_weights"]}
+    model, info = create_detector(parse_detector_spec(cfg["init"] or cfg["model"], "ensemble"), device="cpu",
+                                  finetune=cfg["finetune_mode"], **pretrained)
     model.backbone.set_grad_checkpointing(cfg.get("grad_checkpointing", False))
     return model, info
 
@@ -136,8 +128,8 @@ def train_loop(cfg: dict[str, Any]) -> None:
         optimizer.load_state_dict(state["optimizer"])
     device = ray.train.torch.get_device()
     engine = DegradationEngine(DegradationConfig(p_apply=cfg["degrade_share"]))
-    metadata = {"detector": "ensemble", "name": cfg["register_as"], "version": cfg["mlflow_run_id"][:8],
-                "trained": "true", "config": json.dumps(bare(model).config.to_dict()), "source": cfg["run_name"]}
+    metadata = weights_metadata("ensemble", bare(model).config, cfg["register_as"], cfg["mlflow_run_id"][:8],
+                                cfg["run_name"])
     if rank == 0:
         client = MlflowClient(cfg["tracking_uri"])  # the run belongs to the job, not to this worker
         if start_epoch:
@@ -183,37 +175,12 @@ def train_loop(cfg: dict[str, Any]) -> None:
 
 
 def run_train_ensemble(config: EnsembleTrainConfig) -> dict[str, Any]:
-    if config.model not in ENSEMBLE_CONFIGS:
-        raise SourceError(f"unknown model config {config.model!r}; choose from {', '.join(ENSEMBLE_CONFIGS)}")
-    if config.finetune_mode not in ("lora", "full", "frozen"):
-        raise SourceError(f"unknown --finetune {config.finetune_mode!r}; choose lora, full or frozen")
-    out = Path(config.out).absolute()
-    out.mkdir(parents=True, exist_ok=True)
-    crops, data_fs = check_train_split(config.data, config.s3_endpoint)
-    tracking_uri = tracking.tracking_uri_or_default(config.tracking_uri, out)
-    experiment_id = tracking.ensure_experiment(tracking_uri, config.experiment, out / "mlartifacts")
-    params = {k: v for k, v in asdict(config).items() if v is not None and k != "tracking_uri"}
-    run_id = tracking.start_or_resume_run(tracking_uri, experiment_id, config.run_name,
-                                          dict(params, finetune=config.finetune_mode))
-    loop_config = dict(asdict(config), finetune_mode=config.finetune_mode, mlflow_run_id=run_id,
-                       tracking_uri=tracking_uri, run_name=config.run_name)
-    return train_and_register(
-        train_loop, loop_config, config, crops, data_fs, out, tracking_uri, run_id,
-        card=lambda metrics: model_card(config, metrics, run_id),
-        tags=lambda metrics: {"model": config.model, "finetune": config.finetune_mode})
-
-
-def model_card(config: EnsembleTrainConfig, metrics: dict[str, float], run_id: str) -> str:
-    lines = [f"# {config.register_as} ({config.model}, {config.finetune_mode} fine-tune)", "",
-             f"Trained by `fakescan train ensemble` on `{config.data}`; MLflow run `{run_id}`.", ""]
+    notes = []
     if not config.clip_weights and not config.init:
-        lines += ["CLIP was randomly initialised (no published CLIP checkpoint was given): the Hybrid Semantic "
-                  "Fusion stream has no semantic prior, and its text prompts are just fixed random vectors.", ""]
+        notes.append("CLIP was randomly initialised (no published CLIP checkpoint was given): the Hybrid Semantic "
+                     "Fusion stream has no semantic prior, and its text prompts are just fixed random vectors.")
     if not config.dinov2_weights and not config.init:
-        lines += ["The DINOv2 backbone started from random weights, not from DINOv2's self-supervised "
-                  "pre-training: none of the paper's robustness prior is present.", ""]
-    lines += ["| setting | value |", "| --- | --- |"]
-    lines += [f"| {k} | {v} |" for k, v in asdict(config).items() if k != "tracking_uri"]
-    lines += ["", "Final epoch, validation split:", "", "| metric | value |", "| --- | --- |"]
-    lines += [f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items())]
-    return "\n".join(lines) + "\n"
+        notes.append("The DINOv2 backbone started from random weights, not from DINOv2's self-supervised "
+                     "pre-training: none of the paper's robustness prior is present.")
+    return run_training(config, train_loop, {"finetune_mode": config.finetune_mode}, notes,
+                        tags={"model": config.model, "finetune": config.finetune_mode})

@@ -1,0 +1,1 @@
+"""``fakescan evaluate``: the robustness protocol (``job``) and the tables it writes (``outputs``)."""

@@ -1,0 +1,1 @@
+"""``fakescan scan``: the job (``job``) and its own figures (``metrics``)."""
