@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from detector.attacks import PGDConfig, detector_loss, pgd_attack, unet_attacker_loss
+from detector.attacks import PGDConfig, detector_loss, pgd_attack, unet_attacker_loss, unwrap_attacker
 
 MODES = ("baseline", "adversarial")
 
@@ -76,12 +76,13 @@ class TrainStep:
         metrics: dict[str, float] = {}
         inputs = [pixels]
         if self.config.mode == "adversarial":
+            assert self.attacker is not None  # __init__ refuses adversarial mode without one
             with self.autocast():
                 inputs.append(pgd_attack(bare(self.detector), pixels, labels, self.config.pgd))
             metrics.update(self.update_attacker(pixels, labels))
             bare(self.attacker).eval()
             with torch.no_grad(), self.autocast():
-                inputs.append(bare(self.attacker).perturb(pixels))
+                inputs.append(unwrap_attacker(self.attacker).perturb(pixels))
         with self.autocast():
             logits = self.detector(torch.cat(inputs)).float().chunk(len(inputs))
             terms = [detector_loss(chunk, labels) for chunk in logits]
@@ -100,6 +101,7 @@ class TrainStep:
         state = {"optimizer": self.optimizer.state_dict()}
         if self.attacker is not None:
             state["attacker"] = bare(self.attacker).state_dict()
+            assert self.attacker_optimizer is not None  # made with the attacker
             state["attacker_optimizer"] = self.attacker_optimizer.state_dict()
         return state
 
@@ -107,4 +109,5 @@ class TrainStep:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.attacker is not None and "attacker" in state:
             bare(self.attacker).load_state_dict(state["attacker"])
+            assert self.attacker_optimizer is not None  # made with the attacker
             self.attacker_optimizer.load_state_dict(state["attacker_optimizer"])

@@ -81,6 +81,8 @@ def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
 class UNetAttacker(nn.Module):
     """Two down, two up, skip connections; returns the perturbation δ with |δ| ≤ ε everywhere."""
 
+    config: UNetAttackerConfig
+
     def __init__(self, config: UNetAttackerConfig = UNetAttackerConfig()) -> None:
         super().__init__()
         self.config = config
@@ -90,6 +92,7 @@ class UNetAttacker(nn.Module):
         self.out = nn.Conv2d(w, 3, 1)
         # Start from δ = 0: the attacker must learn what hurts, not begin as random noise.
         nn.init.zeros_(self.out.weight)
+        assert self.out.bias is not None  # nn.Conv2d has a bias unless told otherwise
         nn.init.zeros_(self.out.bias)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -104,6 +107,14 @@ class UNetAttacker(nn.Module):
     def perturb(self, pixels: torch.Tensor) -> torch.Tensor:
         """Attacked pixels, kept in [0, 1]; the clamp only ever shrinks |δ|."""
         return (pixels + self(pixels)).clamp(0.0, 1.0)
+
+
+def unwrap_attacker(attacker: nn.Module) -> UNetAttacker:
+    """The UNetAttacker itself, out of its DDP wrapper if it has one."""
+    inner = getattr(attacker, "module", attacker)
+    if not isinstance(inner, UNetAttacker):
+        raise TypeError(f"expected a UNetAttacker, possibly DDP-wrapped, not a {type(inner).__name__}")
+    return inner
 
 
 def total_variation(delta: torch.Tensor) -> torch.Tensor:
@@ -139,7 +150,7 @@ class AttackerLoss:
 def unet_attacker_loss(detector: nn.Module, attacker: nn.Module, pixels: torch.Tensor,
                        labels: torch.Tensor) -> AttackerLoss:
     """The attacker's composite loss: −detector loss + TV and low-frequency penalties."""
-    config = getattr(attacker, "module", attacker).config  # the attacker may be DDP-wrapped
+    config = unwrap_attacker(attacker).config  # the attacker may be DDP-wrapped
     delta = attacker(pixels)
     attacked = (pixels + delta).clamp(0.0, 1.0)
     adversarial = detector_loss(detector(attacked), labels)

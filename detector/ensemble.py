@@ -20,6 +20,7 @@ import open_clip
 import timm
 import torch
 import torch.nn.functional as F
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from detector.hybrid import IMAGENET_MEAN, IMAGENET_STD
@@ -103,10 +104,18 @@ class LoRALinear(nn.Linear):
         return super().forward(x) + F.linear(F.linear(x, self.lora_a), self.lora_b) * self.scaling
 
 
-def add_lora(backbone: nn.Module, rank: int, alpha: float) -> None:
+def qkv_of(block: nn.Module) -> nn.Linear:
+    """A ViT block's fused qkv projection (timm types a block's ``attn`` as any module)."""
+    qkv = block.get_submodule("attn.qkv")
+    if not isinstance(qkv, nn.Linear):
+        raise TypeError(f"expected a linear qkv projection in the ViT's attention, got {type(qkv).__name__}")
+    return qkv
+
+
+def add_lora(backbone: VisionTransformer, rank: int, alpha: float) -> None:
     """Adapters on every attention block's qkv projection, the usual choice for ViTs."""
     for block in backbone.blocks:
-        block.attn.qkv = LoRALinear.from_linear(block.attn.qkv, rank, alpha)
+        block.get_submodule("attn").qkv = LoRALinear.from_linear(qkv_of(block), rank, alpha)
 
 
 class TextureHead(nn.Module):
@@ -183,11 +192,27 @@ class FusionHead(nn.Module):
 
 
 class EnsembleDetector(nn.Module):
+    config: EnsembleConfig
+    backbone: VisionTransformer
+    prefix: int
+    grid: tuple[int, int]
+    clip: open_clip.CLIP  # open_clip ships no type information: Any to mypy
+    clip_size: int
+    prompt_tokens: torch.Tensor
+    dino_mean: torch.Tensor
+    dino_std: torch.Tensor
+    clip_mean: torch.Tensor
+    clip_std: torch.Tensor
+
     def __init__(self, config: EnsembleConfig) -> None:
         super().__init__()
         self.config = config
-        self.backbone = timm.create_model(config.backbone, pretrained=False, num_classes=0, img_size=config.img_size,
-                                          **config.backbone_kwargs)
+        backbone = timm.create_model(config.backbone, pretrained=False, num_classes=0, img_size=config.img_size,
+                                     **config.backbone_kwargs)
+        if not isinstance(backbone, VisionTransformer):
+            raise TypeError(f"the ensemble's backbone must be a timm VisionTransformer (DINOv2); "
+                            f"{config.backbone} is a {type(backbone).__name__}")
+        self.backbone = backbone
         self.prefix = self.backbone.num_prefix_tokens
         self.grid = tuple(self.backbone.patch_embed.grid_size)
         self.clip = create_clip(config)
@@ -209,14 +234,16 @@ class EnsembleDetector(nn.Module):
     def set_finetune(self, mode: str) -> None:
         if mode not in ("lora", "full", "frozen"):
             raise ValueError(f"unknown finetune mode {mode!r}; choose lora, full or frozen")
-        if mode == "lora" and not isinstance(self.backbone.blocks[0].attn.qkv, LoRALinear):
+        if mode == "lora" and not isinstance(qkv_of(self.backbone.blocks[0]), LoRALinear):
             add_lora(self.backbone, self.config.lora_rank, self.config.lora_alpha)
         # Frozen parameters get requires_grad_(False), not no_grad: DDP must not wait for them.
         self.backbone.requires_grad_(mode == "full")
         if mode == "lora":
             for block in self.backbone.blocks:
-                block.attn.qkv.lora_a.requires_grad_(True)
-                block.attn.qkv.lora_b.requires_grad_(True)
+                lora = qkv_of(block)
+                assert isinstance(lora, LoRALinear)  # add_lora above
+                lora.lora_a.requires_grad_(True)
+                lora.lora_b.requires_grad_(True)
 
     def backbone_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [0, 1] → (B, prefix + h*w, D) DINOv2 tokens."""

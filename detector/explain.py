@@ -85,8 +85,7 @@ def explain(model: nn.Module, pixels: Tensor, method: str = "scorecam", streams:
                 if method == "gradcam":
                     maps = grad_cam(forward, x)
                 else:
-                    maps = score_cam(lambda p, f=forward: torch.sigmoid(f(p)[1]), lambda p, f=forward: f(p)[0], x,
-                                     top_k, batch_size)
+                    maps = score_cam(partial(_score_of, forward), partial(_map_of, forward), x, top_k, batch_size)
                 parts[name].append(maps.cpu().numpy().astype(np.float32))
     return {name: np.concatenate(parts[name]) for name in names}
 
@@ -141,6 +140,16 @@ def _streams(model: nn.Module) -> dict[str, Stream]:
 
 def _unsupported(model: nn.Module) -> TypeError:
     return TypeError(f"explanations support HybridDetector and EnsembleDetector, not {type(model).__name__}")
+
+
+def _score_of(forward: Forward, pixels: Tensor) -> Tensor:
+    """Score-CAM's class score for one stream: the probability of "fake"."""
+    return torch.sigmoid(forward(pixels)[1])
+
+
+def _map_of(forward: Forward, pixels: Tensor) -> Tensor:
+    """Score-CAM's activations for one stream: its target map."""
+    return forward(pixels)[0]
 
 
 def _forward(capture: Callable[[], AbstractContextManager[list[Tensor]]], logit: Callable[[Tensor], Tensor]) -> Forward:

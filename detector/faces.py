@@ -10,6 +10,7 @@ MTCNN's weights ship inside the facenet-pytorch wheel: nothing is downloaded.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -148,12 +149,13 @@ class FaceCropper:
         step = self.config.detect_batch_size
         for members in groups.values():
             owners = [index for index, small in members for _ in range(len(small))]
-            stacked = torch.cat([s for _, s in members]) if self.device.type == "cuda" else \
+            # detection_frames gives tensors on a GPU and arrays elsewhere.
+            stacked = torch.cat([cast(torch.Tensor, s) for _, s in members]) if self.device.type == "cuda" else \
                 np.concatenate([s for _, s in members])
             for start in range(0, len(stacked), step):
                 chunk = stacked[start : start + step]
-                for index, detections in zip(owners[start : start + step], self.run_mtcnn(chunk)):
-                    in_small[index].append(detections)
+                for index, frame_detections in zip(owners[start : start + step], self.run_mtcnn(chunk)):
+                    in_small[index].append(frame_detections)
         found: list[list[Detections]] = []
         for frames, detections in zip(videos, in_small):
             if not len(frames):
@@ -179,8 +181,8 @@ class FaceCropper:
                 patch = cut_square(frames[index], square)
                 crop = resize_frames(patch[None], size, size)[0]
                 in_crop = (landmarks - np.array(square[:2], np.float32)) * (size / (square[2] - square[0]))
-                faces.append(FaceCrop(index, tuple(float(v) for v in box), float(prob), crop,
-                                      in_crop.astype(np.float32)))
+                x1, y1, x2, y2 = (float(v) for v in box)
+                faces.append(FaceCrop(index, (x1, y1, x2, y2), float(prob), crop, in_crop.astype(np.float32)))
         return faces
 
     def crop_faces_many(self, videos: list[np.ndarray]) -> list[list[FaceCrop]]:

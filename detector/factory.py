@@ -25,7 +25,7 @@ from torch import nn
 
 from detector.calibration import Calibration
 from detector.device import resolve_device
-from detector.ensemble import ENSEMBLE_CONFIGS, STREAMS, EnsembleConfig, build_ensemble
+from detector.ensemble import ENSEMBLE_CONFIGS, STREAMS, EnsembleConfig, EnsembleDetector, build_ensemble
 from detector.hybrid import HYBRID_CONFIGS, HybridConfig, HybridDetector
 from detector.voting import DetectorCalibration
 from detector.weights import load_state, load_weights
@@ -170,6 +170,12 @@ def _calibration(kind: str, metadata: Mapping[str, str]) -> DetectorCalibration:
     return DetectorCalibration.uncalibrated(kind, _FAMILIES[kind].streams)
 
 
+def _check_finetune(kind: str, finetune: str | None) -> None:
+    if finetune is not None and kind != "ensemble":
+        raise SpecError(f"finetune={finetune!r} applies to the ensemble's backbone; a {kind} detector has no "
+                        "finetune modes")
+
+
 def create_detector(spec: DetectorSpec | str, *, weights: bytes | None = None, device: str | None = None,
                     storage_options: dict[str, Any] | None = None, **builder_kwargs: Any
                     ) -> tuple[nn.Module, DetectorInfo]:
@@ -183,6 +189,7 @@ def create_detector(spec: DetectorSpec | str, *, weights: bytes | None = None, d
     device = resolve_device(device)
     finetune = builder_kwargs.pop("finetune", None)
     if weights is None and spec.is_config:
+        _check_finetune(spec.kind or "hybrid", finetune)
         family = _FAMILIES[spec.kind or "hybrid"]
         config = family.configs[spec.source]
         if finetune is not None:
@@ -201,6 +208,7 @@ def create_detector(spec: DetectorSpec | str, *, weights: bytes | None = None, d
         raise SpecError(f"{spec.source} holds an unknown detector kind {kind!r}")
     if spec.kind is not None and kind != spec.kind:
         raise SpecError(f"{spec.source} holds {kind} weights, not {spec.kind} weights")
+    _check_finetune(kind, finetune)
     family = _FAMILIES[kind]
     if "config" in metadata:
         config = family.config_type.from_dict(json.loads(metadata["config"]))
@@ -210,7 +218,7 @@ def create_detector(spec: DetectorSpec | str, *, weights: bytes | None = None, d
         raise SpecError(f"{spec.source} has no stored config")
     model = family.build(config)
     load_state(model, state, source=f"{spec.source} ({config.name})")
-    if finetune is not None:
+    if finetune is not None and isinstance(model, EnsembleDetector):
         model.set_finetune(finetune)
     name, version = spec.registered or (metadata.get("name", config.name), metadata.get("version", "unversioned"))
     info = DetectorInfo(kind, name, version, metadata.get("trained", "false") == "true", spec.source, config,

@@ -9,7 +9,7 @@ attacks work in pixel space and GPUs receive uint8.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol, cast
 
 import numpy as np
 import timm
@@ -40,7 +40,8 @@ class HybridConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> HybridConfig:
-        known = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in cls.__dataclass_fields__}
+        known: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()
+                                 if k in cls.__dataclass_fields__}
         return cls(**known)
 
 
@@ -52,17 +53,30 @@ HYBRID_CONFIGS: dict[str, HybridConfig] = {
 }
 
 
+class FeatureBackbone(Protocol):
+    """What the detector uses of a timm model: ``forward_features``, which every timm model has,
+    though ``timm.create_model`` is typed as returning a plain ``nn.Module``."""
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
 def backbone_feature_shape(backbone: str, img_size: int) -> tuple[int, int, int]:
     """(C, h, w) of ``forward_features`` for a square input, without computing anything."""
     # A twin on the meta device propagates shapes only: exact for any padding scheme, and
     # free, where a real dummy forward of B0 costs seconds on a small CPU.
     with torch.device("meta"):
         probe = timm.create_model(backbone, pretrained=False, num_classes=0, global_pool="")
-        channels, h, w = probe.forward_features(torch.empty(1, 3, img_size, img_size)).shape[1:]
+        features = cast(FeatureBackbone, probe).forward_features(torch.empty(1, 3, img_size, img_size))
+        channels, h, w = features.shape[1:]
     return channels, h, w
 
 
 class HybridDetector(nn.Module):
+    config: HybridConfig
+    grid: tuple[int, int]
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, config: HybridConfig) -> None:
         super().__init__()
         self.config = config
@@ -93,7 +107,7 @@ class HybridDetector(nn.Module):
 
     def tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) pixels in [0, 1] → (B, h*w + 1, embed_dim) encoded tokens, CLS first."""
-        features = self.backbone.forward_features((pixels - self.mean) / self.std)
+        features = cast(FeatureBackbone, self.backbone).forward_features((pixels - self.mean) / self.std)
         x = self.proj(features.flatten(2).transpose(1, 2))
         x = torch.cat([self.cls_token.expand(len(x), -1, -1), x], dim=1) + self.pos_embed
         return self.norm(self.encoder(x))

@@ -9,7 +9,7 @@ from torch import nn
 
 from detector.attacks import PGDConfig, pgd_attack
 from detector.degrade import jpeg
-from detector.hybrid import preprocess_crops
+from detector.hybrid import HybridDetector, preprocess_crops
 from detector.metrics import accuracy, roc_auc
 
 
@@ -41,9 +41,14 @@ def scenario_metrics(model: nn.Module, crops: np.ndarray, labels: np.ndarray, pg
     """
     if len(crops) == 0:
         return {}
+    if img_size:
+        size = img_size
+    elif isinstance(model, HybridDetector):
+        size = model.config.img_size
+    else:
+        raise TypeError(f"pass img_size for a {type(model).__name__}: only a HybridDetector knows its own")
     was_training = model.training
     model.eval()
-    size = img_size or model.config.img_size
     scenarios: dict[str, Callable[[], np.ndarray]] = {
         "clean": lambda: logits_of(model, preprocess_crops(crops, size)),
         "jpeg50": lambda: logits_of(model, preprocess_crops(np.stack([jpeg(c, 50) for c in crops]), size)),

@@ -68,7 +68,7 @@ class StreamScores:
 class StreamResult:
     detector: str
     stream: str
-    p_fake: float
+    p_fake: float | None  # None when the stream abstained (no face)
     band: str
     vote: int | None
     weight: int

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
@@ -188,7 +189,7 @@ def weighted_vote(bands: dict[str, str], weights: dict[str, int]) -> Vote:
     return Vote(label, fake, real, total, votes)
 
 
-def combined_probability(probabilities: dict[str, float | None], weights: dict[str, int]) -> float | None:
+def combined_probability(probabilities: Mapping[str, float | None], weights: dict[str, int]) -> float | None:
     """Reliability-weighted mean of the streams' calibrated probabilities; None (or NaN) ones
     are left out. None when nothing is left; the plain mean when every weight left is 0."""
     present = {n: p for n, p in probabilities.items() if p is not None and not math.isnan(p)}

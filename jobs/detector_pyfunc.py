@@ -10,13 +10,14 @@ from __future__ import annotations
 import mlflow
 import numpy as np
 import torch
+from mlflow.pyfunc import PythonModel
 
 from detector.factory import create_detector, stream_logits
 from detector.hybrid import preprocess_crops
 from detector.voting import combined_probability
 
 
-class DetectorPyfunc(mlflow.pyfunc.PythonModel):
+class DetectorPyfunc(PythonModel):
     def load_context(self, context) -> None:
         self.model, self.info = create_detector(context.artifacts["weights"], device="cpu")
         self.calibration = self.info.calibration

@@ -153,7 +153,7 @@ def run_prepare(config: PrepareConfig) -> PrepareSummary:
         # Its counts go into the same per-split tally as the real crops'.
         fakes = PartWriter(fs, f"{root}/crops", "pseudo", config.rows_per_file)
         fakes.counts = writer.counts
-        for batch in real_rows.map_batches(make_pseudo_fakes, fn_kwargs={
+        for batch in real_rows.map_batches(make_pseudo_fakes, fn_kwargs={  # type: ignore[arg-type]  # ray: no fn_kwargs
                 "kinds": tuple(config.pseudo_fakes), "donors": donors, "seed": config.seed},
                 batch_size=16, num_cpus=1, batch_format="pyarrow").iter_batches(batch_format="pyarrow",
                                                                                 batch_size=None):

@@ -55,7 +55,7 @@ def tracking_at(tracking_uri: str) -> Iterator[None]:
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(before)  # None unsets the variable too
+        mlflow.set_tracking_uri(before)  # type: ignore[arg-type]  # mlflow unsets on None; its stub says str
 
 
 def ensure_experiment(tracking_uri: str, name: str, artifact_root: str | Path) -> str:

@@ -119,10 +119,13 @@ def decode_with_pyav(data: bytes, info: VideoInfo, config: DecodeConfig) -> Samp
     with av.open(io.BytesIO(data), mode="r") as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+        time_base = stream.time_base
+        if time_base is None:  # libavformat gives every demuxed stream one (1/90000 by default)
+            raise DecodeError("video stream has no time base")
+        start = float(stream.start_time * time_base) if stream.start_time is not None else 0.0
         for target in targets:
             t = start + target / fps
-            container.seek(int(t / stream.time_base), stream=stream, backward=True, any_frame=False)
+            container.seek(int(t / time_base), stream=stream, backward=True, any_frame=False)
             for frame in container.decode(stream):
                 if frame.time is None or frame.time + 0.5 / fps >= t:
                     frames.append(frame.to_ndarray(format="rgb24", width=width, height=height))

@@ -40,7 +40,7 @@ def build_dataset(rows: pa.Table, stages: Sequence[StageSpec]) -> ray.data.Datas
     import ray.data
 
     per_block = max(1, math.ceil(rows.num_rows / MAX_BLOCKS))
-    ds = ray.data.from_arrow([rows.slice(i, per_block) for i in range(0, rows.num_rows, per_block)])
+    ds: ray.data.Dataset = ray.data.from_arrow([rows.slice(i, per_block) for i in range(0, rows.num_rows, per_block)])
     for stage in stages:
         ds = ds.map_batches(stage.fn, **ray_data_arguments(stage))
     return ds

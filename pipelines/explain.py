@@ -58,9 +58,9 @@ class ExplainFaces:
         heatmaps = explain(self.model, pixels, method="scorecam", streams=[self.stream], top_k=self.top_k)[self.stream]
         uris: list[str | None] = [None] * n
         for face, heatmap in zip(picked, heatmaps):
-            uris[face] = self.uri_of(row["video_id"], face)
-            self.fs.makedirs(uris[face].rsplit("/", 1)[0], exist_ok=True)
-            self.fs.pipe(uris[face], heatmap_png(crops[face], heatmap))
+            uri = uris[face] = self.uri_of(row["video_id"], face)
+            self.fs.makedirs(uri.rsplit("/", 1)[0], exist_ok=True)
+            self.fs.pipe(uri, heatmap_png(crops[face], heatmap))
         row["face_heatmap_uri"] = uris
 
     def __call__(self, batch: pa.Table) -> pa.Table:

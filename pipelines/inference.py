@@ -27,6 +27,7 @@ from pipelines.rows import one_line, stage_guard
 log = logging.getLogger("fakescan.inference")
 Loaded = TypeVar("Loaded")
 Result = TypeVar("Result")
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -45,7 +46,7 @@ class InferenceSettings:
             raise ValueError(f"unknown autocast {autocast!r}; choose from {', '.join(AUTOCAST_DTYPES)}")
         return cls(device, batch_size, autocast, channels_last)
 
-    def prepare(self, model: nn.Module) -> nn.Module:
+    def prepare(self, model: ModuleT) -> ModuleT:
         model = model.to(self.device).eval()
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
@@ -84,6 +85,18 @@ def load_detector(spec: DetectorSpec, weights: Any, device: str) -> tuple[nn.Mod
     return create_detector(spec, weights=weights, device=device)
 
 
+class ModelStage:
+    """What every model stage's actor holds: its device settings and its detector, loaded once,
+    with the calibration that travels with each row it scores, for the verdict."""
+
+    def __init__(self, spec: DetectorSpec, weights: Any = None, batch_size: int = 64, device: str | None = None,
+                 autocast: str | None = None, channels_last: bool = False) -> None:
+        self.settings = InferenceSettings.for_device(device, batch_size, autocast, channels_last)
+        model, self.info = load_detector(spec, weights, self.settings.device)
+        self.model = self.settings.prepare(model)
+        self.calibration = self.info.calibration.to_json()
+
+
 def run_batched(rows: Sequence[dict[str, Any]], stage: str, load: Callable[[dict[str, Any]], Loaded],
                 run: Callable[[list[Loaded]], list[Result]], store: Callable[[dict[str, Any], Result], None],
                 cost: Callable[[Loaded], int]) -> None:
@@ -113,10 +126,10 @@ def run_batched(rows: Sequence[dict[str, Any]], stage: str, load: Callable[[dict
         results = None
     elapsed = time.perf_counter() - started
     weights = [max(cost(item), 1) for _, item in loaded]
-    for (row, item), weight, result in zip(loaded, weights, results or [None] * len(loaded)):
+    for index, ((row, item), weight) in enumerate(zip(loaded, weights)):
         spent = row[timer] + (elapsed * weight / sum(weights) if results is not None else 0.0)
         with stage_guard(row, stage):
-            store(row, result if results is not None else run([item])[0])
+            store(row, results[index] if results is not None else run([item])[0])
         row[timer] += spent
 
 

@@ -27,6 +27,12 @@ def degrade_faces(batch: pa.Table, probes: tuple[str, ...]) -> pa.Table:
     return to_table(rows, SCORING_SCHEMA)
 
 
+def scored_crops(row: dict) -> np.ndarray:
+    """(1 + probes, faces, size, size, 3): a row's clean crops, then each probe's."""
+    n, size = len(row["face_frame"]), row["crop_size"]
+    return np.concatenate([unpack_array(row["crops"], [1, n, size, size, 3]), probe_crops(row, n, size)])
+
+
 def probe_crops(row: dict, n: int, size: int) -> np.ndarray:
     """(P, N, size, size, 3) probe crops of a row, or an empty (0, ...) array without probes."""
     names = row.get("probe_names") or []

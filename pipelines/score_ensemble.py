@@ -12,9 +12,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from detector.factory import DetectorSpec
-from pipelines.inference import InferenceSettings, load_detector, run_batched, split
-from pipelines.probes import probe_crops
+from detector.ensemble import EnsembleDetector
+from detector.factory import DetectorSpec, SpecError
+from pipelines.inference import ModelStage, run_batched, split
+from pipelines.probes import scored_crops
 from pipelines.rows import SCORING_SCHEMA, to_table, unpack_array
 
 
@@ -29,29 +30,28 @@ class VideoInputs:
         return self.faces.shape[0] * self.faces.shape[1] + len(self.frames)
 
 
-class ScoreEnsemble:
+class ScoreEnsemble(ModelStage):
     def __init__(self, spec: DetectorSpec, weights: Any = None, batch_size: int = 32, device: str | None = None,
                  autocast: str | None = None, channels_last: bool = False) -> None:
-        self.settings = InferenceSettings.for_device(device, batch_size, autocast, channels_last)
-        model, self.info = load_detector(spec, weights, self.settings.device)
-        self.model = self.settings.prepare(model)
-        self.calibration = self.info.calibration.to_json()
+        super().__init__(spec, weights, batch_size, device, autocast, channels_last)
+        if not isinstance(self.model, EnsembleDetector):  # the ensemble stage's spec always has kind "ensemble"
+            raise SpecError(f"{spec.source} holds a {self.info.kind} detector, not an ensemble")
+        self.ensemble: EnsembleDetector = self.model
 
     def face_logits(self, crops: np.ndarray) -> dict[str, np.ndarray]:
         if not len(crops):
             return {"facial": np.zeros((0,), np.float32), "fusion": np.zeros((0,), np.float32)}
-        return self.settings.run(self.model.score_faces, crops, self.info.img_size)
+        return self.settings.run(self.ensemble.score_faces, crops, self.info.img_size)
 
     def frame_logits(self, frames: np.ndarray) -> np.ndarray:
         if not len(frames):
             return np.zeros((0,), np.float32)
-        return self.settings.run(lambda x: {"texture": self.model.score_frames(x)}, frames,
+        return self.settings.run(lambda x: {"texture": self.ensemble.score_frames(x)}, frames,
                                  self.info.img_size)["texture"]
 
     @staticmethod
     def load(row: dict) -> VideoInputs:
-        n, size = len(row["face_frame"]), row["crop_size"]
-        faces = np.concatenate([unpack_array(row["crops"], [1, n, size, size, 3]), probe_crops(row, n, size)])
+        faces = scored_crops(row)
         if row.get("scenes") is None:
             raise ValueError("no frames for the texture stream: the faces stage ran without scene_size")
         scene = row["scene_size"]

@@ -142,7 +142,9 @@ def scan_stages(settings: ScanSettings, detectors: Mapping[str, ResolvedDetector
     for kind, stage in MODEL_STAGES.items():
         if kind in detectors:
             stages.append(stage.bind(spec=detectors[kind].spec, weights=detectors[kind].weights))
-    stages.append(VERDICT.bind(aggregation=settings.aggregation, run_id=settings.run_id,
+    # With heatmaps to draw, the crops go one stage further.
+    verdict = replace(VERDICT, output_schema=EXPLAIN_INPUT_SCHEMA) if settings.explain else VERDICT
+    stages.append(verdict.bind(aggregation=settings.aggregation, run_id=settings.run_id,
                                keep_crops=bool(settings.explain)))
     if settings.explain:
         kind = "hybrid" if "hybrid" in detectors else "ensemble"

@@ -2,7 +2,6 @@
 Loading, saving and the contract every config keeps are in test_factory."""
 from __future__ import annotations
 
-import pytest
 import torch
 from safetensors.torch import save_file
 
@@ -10,14 +9,9 @@ from detector.ensemble import STREAMS, LoRALinear
 from detector.factory import create_detector
 
 
-@pytest.fixture(scope="module")
-def tiny():
+def test_forward_gives_one_logit_per_stream_and_backward_reaches_the_trained_parts():
     torch.manual_seed(0)
-    return create_detector("ensemble_tiny")
-
-
-def test_forward_gives_one_logit_per_stream_and_backward_reaches_the_trained_parts(tiny):
-    model, _ = tiny
+    model, _ = create_detector("ensemble_tiny")
     model.train()
     faces, frames = torch.rand(3, 3, 96, 96), torch.rand(3, 3, 160, 120)
     logits = model(faces, frames)

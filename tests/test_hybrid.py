@@ -10,14 +10,8 @@ from detector.factory import create_detector
 from detector.hybrid import preprocess_crops
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    return create_detector("hybrid_tiny")
-
-
-def test_tokens_are_the_backbone_grid_plus_cls(tiny):
-    model, _ = tiny
+def test_tokens_are_the_backbone_grid_plus_cls():
+    model, _ = create_detector("hybrid_tiny")
     x = torch.rand(2, 3, model.config.img_size, model.config.img_size)
     with torch.no_grad():
         h, w = model.backbone.forward_features(x).shape[-2:]

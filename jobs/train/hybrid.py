@@ -12,12 +12,9 @@
 """
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,9 +24,8 @@ from detector.attacks import PGDConfig, UNetAttacker
 from detector.factory import create_detector, parse_detector_spec, weights_metadata
 from detector.hybrid import preprocess_crops
 from detector.robustness import scenario_metrics
-from jobs.train.common import TrainConfig, flip_augment, load_checkpoint, run_training, save_checkpoint
-from pipelines.dataset import read_split
-from pipelines.sources import arrow_filesystem_for
+from jobs.train.common import TrainConfig, run_training
+from jobs.train.worker import EpochReporter, flip_augment, load_checkpoint
 
 
 @dataclass
@@ -52,16 +48,13 @@ def train_loop(cfg: dict[str, Any]) -> None:
     """Runs on every Ray Train worker."""
     import ray.train
     import ray.train.torch
-    from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
 
     rank = ray.train.get_context().get_world_rank()
-    world = ray.train.get_context().get_world_size()
     torch.manual_seed(cfg["seed"] + rank)
     torch.set_num_threads(cfg["threads"])
     generator = torch.Generator().manual_seed(cfg["seed"] + 1000 * rank)
     model, info = create_detector(parse_detector_spec(cfg["init"] or cfg["model"], "hybrid"), device="cpu")
-    attacker = UNetAttacker() if cfg["mode"] == "adversarial" else None
+    attacker: torch.nn.Module | None = UNetAttacker() if cfg["mode"] == "adversarial" else None
     start_epoch, state = load_checkpoint(model)
     model = ray.train.torch.prepare_model(model)
     # DDP on the attacker too, so that every worker's attacker takes the same steps.
@@ -72,14 +65,12 @@ def train_loop(cfg: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     metadata = weights_metadata("hybrid", info.config, cfg["register_as"], cfg["mlflow_run_id"][:8], cfg["run_name"],
                                 mode=cfg["mode"])
-    if rank == 0:
-        # A client, not mlflow.start_run: the run belongs to the job, and a worker that exits
-        # (or is killed) must not end it.
-        client = MlflowClient(cfg["tracking_uri"])
-        if start_epoch:
-            client.set_tag(cfg["mlflow_run_id"], "fakescan.resumed_from_epoch", str(start_epoch))
-        fs = arrow_filesystem_for(cfg["data"], cfg["s3_endpoint"])
-        val_crops, val_labels = read_split(f"{cfg['data']}/crops", "val", fs, cfg["val_limit"], cfg["seed"])
+    reporter = EpochReporter(cfg, start_epoch)
+    pgd = PGDConfig(iterations=cfg["pgd_steps"] or PGDConfig().iterations)
+
+    def validate(detector: torch.nn.Module, crops: Any, labels: Any) -> dict[str, float]:
+        return {f"val_{k}": v for k, v in scenario_metrics(detector, crops, labels, pgd,
+                                                             cfg["val_pgd_limit"]).items()}
 
     shard = ray.train.get_dataset_shard("train")
     for epoch in range(start_epoch, cfg["epochs"]):
@@ -87,28 +78,13 @@ def train_loop(cfg: dict[str, Any]) -> None:
         batches = samples = 0
         started = time.perf_counter()
         for batch in shard.iter_batches(batch_size=cfg["batch_size"], batch_format="numpy"):
-            pixels = flip_augment(preprocess_crops(batch["pixels"], info.config.img_size), generator).to(device)
+            pixels = flip_augment(preprocess_crops(batch["pixels"], info.img_size), generator).to(device)
             for key, value in step(pixels, torch.as_tensor(batch["label"]).to(device)).items():
                 sums[key] += value
             batches, samples = batches + 1, samples + len(pixels)
-        elapsed = time.perf_counter() - started
-        metrics = {f"train_{k}" if not k.startswith("train_") else k: v / max(batches, 1) for k, v in sums.items()}
-        # Each worker sees its own shard at about the same pace: the job's rate is world × this one's.
-        metrics.update(epoch=epoch, samples_per_s=world * samples / max(elapsed, 1e-9), epoch_seconds=elapsed)
-        checkpoint = None
-        if rank == 0:
-            pgd = PGDConfig(iterations=cfg["pgd_steps"] or PGDConfig().iterations)
-            metrics.update({f"val_{k}": v for k, v in scenario_metrics(
-                bare(model), val_crops, val_labels, pgd, cfg["val_pgd_limit"]).items()})
-            now = int(time.time() * 1000)
-            client.log_batch(cfg["mlflow_run_id"], metrics=[Metric(k, float(v), now, epoch)
-                                                             for k, v in metrics.items() if v == v])
-            folder = Path(tempfile.mkdtemp(prefix="fakescan-ckpt-"))
-            save_checkpoint(folder, bare(model), {"step": step.state_dict()}, epoch, metadata)
-            checkpoint = ray.train.Checkpoint.from_directory(str(folder))
-        ray.train.report(metrics, checkpoint=checkpoint)
-        if checkpoint is not None:
-            shutil.rmtree(folder, ignore_errors=True)
+        losses = {f"train_{k}" if not k.startswith("train_") else k: v / max(batches, 1) for k, v in sums.items()}
+        reporter.report(epoch, losses, samples, time.perf_counter() - started, bare(model),
+                        {"step": step.state_dict()}, metadata, validate)
 
 
 def run_train_hybrid(config: HybridTrainConfig) -> dict[str, Any]:

@@ -1,0 +1,92 @@
+"""What both training loops share on the Ray Train workers: augmentation, checkpoint files, and
+each epoch's report (metrics to Ray Train and, from rank 0, to the job's MLflow run)."""
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+
+from detector.weights import load_state, load_weights, save_weights
+from jobs.tracking import WEIGHTS_ARTIFACT
+from pipelines.dataset import read_split
+from pipelines.sources import arrow_filesystem_for
+
+STATE_FILE = "train_state.pt"
+Model = TypeVar("Model", bound=torch.nn.Module)
+
+
+def flip_augment(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    flip = torch.rand(len(pixels), generator=generator) < 0.5
+    pixels[flip] = pixels[flip].flip(-1)
+    return pixels
+
+
+def load_checkpoint(model: torch.nn.Module) -> tuple[int, dict | None]:
+    """The epoch to start from and the saved training state, from Ray Train's latest checkpoint."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0, None
+    with checkpoint.as_directory() as folder:
+        load_state(model, load_weights(str(Path(folder) / WEIGHTS_ARTIFACT))[0], source="checkpoint")
+        state = torch.load(Path(folder) / STATE_FILE, weights_only=True)
+    return state["epoch"] + 1, state
+
+
+def save_checkpoint(folder: Path, model: torch.nn.Module, state: dict[str, Any], epoch: int,
+                    metadata: dict[str, str]) -> None:
+    save_weights(model, folder / WEIGHTS_ARTIFACT, dict(metadata, epoch=str(epoch)))
+    torch.save({"epoch": epoch, **state}, folder / STATE_FILE)
+
+
+class EpochReporter:
+    """Every worker reports each epoch's metrics to Ray Train. Rank 0 also validates, logs to the
+    job's MLflow run and reports a checkpoint: through a client, not ``mlflow.start_run``, since
+    the run belongs to the job, and a worker that exits (or is killed) must not end it."""
+
+    def __init__(self, cfg: dict[str, Any], start_epoch: int) -> None:
+        import ray.train
+
+        context = ray.train.get_context()
+        self.cfg, self.world = cfg, context.get_world_size()
+        self.lead = context.get_world_rank() == 0
+        if self.lead:
+            from mlflow.tracking import MlflowClient
+
+            self.client = MlflowClient(cfg["tracking_uri"])
+            if start_epoch:
+                self.client.set_tag(cfg["mlflow_run_id"], "fakescan.resumed_from_epoch", str(start_epoch))
+            fs = arrow_filesystem_for(cfg["data"], cfg["s3_endpoint"])
+            self.val_crops, self.val_labels = read_split(f"{cfg['data']}/crops", "val", fs, cfg["val_limit"],
+                                                         cfg["seed"])
+
+    def report(self, epoch: int, losses: dict[str, float], samples: int, seconds: float, model: Model,
+               state: dict[str, Any], metadata: dict[str, str],
+               validate: Callable[[Model, np.ndarray, np.ndarray], dict[str, float]]) -> None:
+        """``losses`` are this worker's means over the epoch; ``validate(model, crops, labels)``
+        gives rank 0's validation metrics."""
+        import ray.train
+        from mlflow.entities import Metric
+
+        # Each worker sees its own shard at about the same pace: the job's rate is world × this one's.
+        metrics = dict(losses, epoch=epoch, samples_per_s=self.world * samples / max(seconds, 1e-9),
+                       epoch_seconds=seconds)
+        checkpoint, folder = None, None
+        if self.lead:
+            metrics.update(validate(model, self.val_crops, self.val_labels))
+            now = int(time.time() * 1000)
+            self.client.log_batch(self.cfg["mlflow_run_id"], metrics=[
+                Metric(k, float(v), now, epoch) for k, v in metrics.items() if v == v])
+            folder = Path(tempfile.mkdtemp(prefix="fakescan-ckpt-"))
+            save_checkpoint(folder, model, state, epoch, metadata)
+            checkpoint = ray.train.Checkpoint.from_directory(str(folder))
+        ray.train.report(metrics, checkpoint=checkpoint)
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
