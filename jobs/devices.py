@@ -77,14 +77,10 @@ class DevicePlan:
         return planned
 
     def params(self) -> dict[str, Any]:
-        """Flat, prefixed ``plan_`` (beside the config's own fields), for MLflow."""
+        """Flat, prefixed ``plan_`` (beside the config's own fields), for MLflow; each stage's own
+        figures are ``jobs.resources.stage_params``."""
         flat: dict[str, Any] = {"gpus": self.gpus, "device": self.device, "autocast": self.autocast or "off",
                                 "channels_last": self.channels_last, "mps": self.mps}
-        for name, plan in self.stages.items():
-            flat.update({f"{name}_cpus": plan.resources.cpus, f"{name}_gpus": plan.resources.gpus,
-                         f"{name}_min_actors": plan.pool.min_actors, f"{name}_max_actors": plan.pool.max_actors,
-                         f"{name}_videos_per_call": plan.batch_size})
-            flat.update({f"{name}_{k}": v for k, v in plan.kwargs.items() if isinstance(v, (int, float, str))})
         return {f"plan_{k}": v for k, v in flat.items()}
 
 
@@ -117,11 +113,11 @@ def plan_devices(settings: GpuSettings, frames: int, stages: Sequence[StageSpec]
             config = replace(stage.kwargs["config"], detect_batch_size=settings.gpu_detect_batch)
             # Enough frames per MTCNN call for a full batch, in whole videos.
             videos = max(1, math.ceil(settings.gpu_detect_batch / max(frames, 1)))
-            plans["faces"] = StagePlan(Resources(stage.resources.cpus, settings.faces_gpus), Pool(n, n), videos,
+            plans["faces"] = StagePlan(replace(stage.resources, gpus=settings.faces_gpus), Pool(n, n), videos,
                                        {"device": "cuda", "config": config})
         elif stage.detector:
             batch = settings.gpu_hybrid_batch if stage.detector == "hybrid" else settings.gpu_ensemble_batch
-            plans[stage.name] = StagePlan(Resources(stage.resources.cpus, settings.share(stage.name)),
+            plans[stage.name] = StagePlan(replace(stage.resources, gpus=settings.share(stage.name)),
                                           Pool(gpus, gpus), settings.gpu_videos_per_call,
                                           dict(model, batch_size=batch))
     for stage in actors:

@@ -20,7 +20,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs.devices import GpuSettings, plan_devices
+from jobs.resources import fit_stages
 from jobs.runtime import check_destination, cluster_resources, init_ray, quiet_ray_data
+from jobs.watchdog import StallWatchdog
 from pipelines.dataset import (
     CROP_SCHEMA,
     PSEUDO_FAKE_KINDS,
@@ -52,6 +54,7 @@ class PrepareConfig:
     s3_endpoint: str | None = None
     rows_per_file: int = 2000
     max_side: int = 1280
+    stall_warning_s: float = 180.0  # no input finished for this long: say what the job waits for
 
 
 @dataclass
@@ -108,8 +111,9 @@ class PartWriter:
 def crop_dataset(config: PrepareConfig, labelled: pa.Table, storage_options: dict[str, Any]):
     labels = {row["video_id"]: row for row in labelled.select(["video_id", "label", "group", "split"]).to_pylist()}
     stages = prepare_stages(storage_options, config.frames, config.max_side, labels)
-    stages = plan_devices(GpuSettings(), config.frames, stages, *cluster_resources()).apply(stages)
-    return build_dataset(labelled.select(MANIFEST_SCHEMA.names).cast(MANIFEST_SCHEMA), stages)
+    cpus, gpus = cluster_resources()
+    stages = fit_stages(plan_devices(GpuSettings(), config.frames, stages, cpus, gpus).apply(stages), cpus, "prepare")
+    return build_dataset(labelled.select(MANIFEST_SCHEMA.names).cast(MANIFEST_SCHEMA), stages), stages
 
 
 def run_prepare(config: PrepareConfig) -> PrepareSummary:
@@ -135,10 +139,13 @@ def run_prepare(config: PrepareConfig) -> PrepareSummary:
     quiet_ray_data()
     writer = PartWriter(fs, f"{root}/crops", "real", config.rows_per_file)
     inputs = []
-    for batch in crop_dataset(config, labelled, src_options).iter_batches(batch_format="pyarrow", batch_size=None):
-        writer.add(flatten_crops(batch))
-        inputs.append(batch.select(["video_id", "status", "error_stage", "error_message"]).append_column(
-            "n_crops", pc.list_value_length(batch["crop_rows"]).cast(pa.int32())))
+    dataset, stages = crop_dataset(config, labelled, src_options)
+    with StallWatchdog(config.stall_warning_s, stages=stages) as watchdog:
+        for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0):
+            writer.add(flatten_crops(batch))
+            inputs.append(batch.select(["video_id", "status", "error_stage", "error_message"]).append_column(
+                "n_crops", pc.list_value_length(batch["crop_rows"]).cast(pa.int32())))
+            watchdog.progress(batch.num_rows)
     writer.flush()
     table = labelled.select(["video_id", "uri", "label", "group", "split"]).join(pa.concat_tables(inputs), "video_id")
     table = table.set_column(table.schema.get_field_index("status"), "status", pc.if_else(

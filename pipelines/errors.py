@@ -20,3 +20,7 @@ class OptionError(UsageError):
 
 class ModelError(UsageError):
     """A model argument that names no detector that can be loaded."""
+
+
+class JobFailed(RuntimeError):
+    """The job stopped for a reason it can state in one line (exit code 1)."""

@@ -26,8 +26,9 @@ from detector.evaluation import (
 from detector.explain import explain, heatmap_png
 from detector.factory import DetectorSpec
 from detector.hybrid import preprocess_crops
-from pipelines.dataset import png_array
+from pipelines.dataset import CROP_SCHEMA, png_array
 from pipelines.inference import load_detector
+from pipelines.stages import Resources, StageSpec
 
 PREDICTION_SCHEMA = pa.schema([
     pa.field("crop_id", pa.string()),
@@ -108,3 +109,9 @@ def gallery_heatmaps(spec: DetectorSpec, weights: Any, name: str, crops: np.ndar
     pixels = preprocess_crops(crops, detector.img_size).to(device)
     maps = explain(detector.model, pixels, method=method, top_k=top_k)
     return {stream: [heatmap_png(crop, heat) for crop, heat in zip(crops, heats)] for stream, heats in maps.items()}
+
+
+EVALUATED_CROPS = pa.schema([CROP_SCHEMA.field(name) for name in ("crop_id", "label", "image")])
+# One actor pool per model; the attacks make it CPU-heavy, so it may grow to the whole cluster.
+SCORE_SCENARIOS = StageSpec("evaluate", ScoreScenarios, EVALUATED_CROPS, PREDICTION_SCHEMA,
+                            Resources(1.0, min_cpus=0.25), batch_size=16, cpu_share=1.0)

@@ -37,10 +37,16 @@ Batch = Callable[[pa.Table], pa.Table]
 
 @dataclass(frozen=True)
 class Resources:
-    """What one actor or task of a stage reserves. Actors hold theirs while idle."""
+    """What one actor or task of a stage reserves (actors hold theirs while idle), and the least
+    CPU reservation it still runs with on a small cluster (``jobs.resources.fit_stages``)."""
 
     cpus: float
     gpus: float = 0.0
+    min_cpus: float | None = None  # None: as many as ``cpus``
+
+    @property
+    def least_cpus(self) -> float:
+        return self.cpus if self.min_cpus is None else min(self.min_cpus, self.cpus)
 
 
 @dataclass(frozen=True)
@@ -79,20 +85,25 @@ class StageSpec:
         return self.fn(**kwargs) if self.is_actor else functools.partial(self.fn, **kwargs)
 
 
-READ = StageSpec("read", read_video_bytes, MANIFEST_SCHEMA, READ_SCHEMA, Resources(0.5), batch_size=1)
-DECODE = StageSpec("decode", decode_videos, READ_SCHEMA, DECODED_SCHEMA, Resources(0.5), batch_size=1)
-FACES = StageSpec("faces", CropFaces, DECODED_SCHEMA, FACES_SCHEMA, Resources(1.0), batch_size=1, cpu_share=0.5)
-PROBES = StageSpec("probes", degrade_faces, FACES_SCHEMA, SCORING_SCHEMA, Resources(0.25), batch_size=1)
-SCORE = StageSpec("score", ScoreFaces, FACES_SCHEMA, SCORING_SCHEMA, Resources(0.25), batch_size=4, cpu_share=0.25,
-                  detector="hybrid", kwargs={"batch_size": 64})
-ENSEMBLE = StageSpec("ensemble", ScoreEnsemble, FACES_SCHEMA, SCORING_SCHEMA, Resources(0.25), batch_size=4,
-                     cpu_share=0.25, detector="ensemble", kwargs={"batch_size": 32})
-VERDICT = StageSpec("verdict", build_verdicts, SCORING_SCHEMA, VERDICT_SCHEMA, Resources(0.1), batch_size=4)
+READ = StageSpec("read", read_video_bytes, MANIFEST_SCHEMA, READ_SCHEMA, Resources(0.5, min_cpus=0.1), batch_size=1)
+DECODE = StageSpec("decode", decode_videos, READ_SCHEMA, DECODED_SCHEMA, Resources(0.5, min_cpus=0.25), batch_size=1)
+FACES = StageSpec("faces", CropFaces, DECODED_SCHEMA, FACES_SCHEMA, Resources(1.0, min_cpus=0.5), batch_size=1,
+                  cpu_share=0.5)
+PROBES = StageSpec("probes", degrade_faces, FACES_SCHEMA, SCORING_SCHEMA, Resources(0.25, min_cpus=0.1),
+                   batch_size=1)
+SCORE = StageSpec("score", ScoreFaces, FACES_SCHEMA, SCORING_SCHEMA, Resources(0.25, min_cpus=0.1), batch_size=4,
+                  cpu_share=0.25, detector="hybrid", kwargs={"batch_size": 64})
+ENSEMBLE = StageSpec("ensemble", ScoreEnsemble, FACES_SCHEMA, SCORING_SCHEMA, Resources(0.25, min_cpus=0.1),
+                     batch_size=4, cpu_share=0.25, detector="ensemble", kwargs={"batch_size": 32})
+VERDICT = StageSpec("verdict", build_verdicts, SCORING_SCHEMA, VERDICT_SCHEMA, Resources(0.1, min_cpus=0.05),
+                    batch_size=4)
 # One actor, with the resources of the detector it explains (``scan_stages``).
-EXPLAIN = StageSpec("explain", ExplainFaces, EXPLAIN_INPUT_SCHEMA, VERDICT_SCHEMA, Resources(0.25), batch_size=4)
+EXPLAIN = StageSpec("explain", ExplainFaces, EXPLAIN_INPUT_SCHEMA, VERDICT_SCHEMA, Resources(0.25, min_cpus=0.1),
+                    batch_size=4)
 SCAN_STAGES: tuple[StageSpec, ...] = (READ, DECODE, FACES, PROBES, SCORE, ENSEMBLE, VERDICT, EXPLAIN)
 # fakescan prepare: the scan's first stages, then each face as a lossless PNG crop row.
-ENCODE = StageSpec("encode", encode_crops, FACES_SCHEMA, ENCODED_SCHEMA, Resources(0.25), batch_size=4)
+ENCODE = StageSpec("encode", encode_crops, FACES_SCHEMA, ENCODED_SCHEMA, Resources(0.25, min_cpus=0.1),
+                   batch_size=4)
 PREPARE_STAGES: tuple[StageSpec, ...] = (READ, DECODE, FACES, ENCODE)
 MODEL_STAGES = {stage.detector: stage for stage in SCAN_STAGES if stage.detector}  # detector kind → its stage
 

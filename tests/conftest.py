@@ -12,6 +12,10 @@ from pathlib import Path
 
 import pytest
 
+# Before any test module imports decord: decord2's native libraries, loaded first, shadow symbols
+# that torch resolves later, and torch then segfaults (see pipelines/decode.py).
+import torch
+
 pytest_plugins = ["tests.support.s3", "tests.support.media", "tests.support.ray_nodes"]
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -26,8 +30,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     gpu_tests = [item for item in items if item.get_closest_marker("gpu")]
     if not gpu_tests:
         return
-    import torch
-
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs CUDA (no GPU on this machine)")

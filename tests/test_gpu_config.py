@@ -149,7 +149,7 @@ def test_mtcnn_batches_across_videos_find_the_faces_each_video_finds_alone(sampl
 
 
 def test_gradient_checkpointing_keeps_the_fine_tunes_gradients():
-    cfg = {"model": "ensemble_tiny", "finetune_mode": "lora", "init": None, "dinov2_weights": None,
+    cfg = {"model": "ensemble_tiny", "finetune": "lora", "init": None, "dinov2_weights": None,
            "clip_weights": None}
     plain, _ = build_model(cfg)
     checkpointed, _ = build_model(dict(cfg, grad_checkpointing=True))

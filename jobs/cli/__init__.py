@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from pipelines.errors import UsageError
+    from pipelines.errors import JobFailed, UsageError
 
     args = build_parser().parse_args(argv)
     try:
@@ -34,6 +34,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, FileNotFoundError, PermissionError) as exc:
         print(f"fakescan: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_USAGE
+    except JobFailed as exc:
+        print(f"fakescan: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("fakescan: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

@@ -37,6 +37,16 @@ def positive_float(text: str) -> float:
     return value
 
 
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds: {text}")
+    return value
+
+
 def split_ratios(text: str) -> tuple[float, float, float]:
     try:
         values = tuple(float(v) for v in text.split(","))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
-from jobs.cli.arguments import add_s3_endpoint, name_list, positive_int
+from jobs.cli.arguments import add_s3_endpoint, name_list, positive_int, seconds
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -47,6 +47,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     scan.add_argument("--flush-seconds", type=float, default=60.0,
                       help="longest time results wait in memory before they are written (default 60)")
     scan.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    scan.add_argument("--stall-warning", type=seconds, default=180.0, metavar="SECONDS",
+                      help="when no video has finished for this long, say in one line which stage waits for what "
+                           "(default 180)")
+    scan.add_argument("--stall-timeout", type=seconds, default=None, metavar="SECONDS",
+                      help="when no video has finished for this long, stop with exit code 1; the verdicts written "
+                           "stay, and a rerun resumes (default: never)")
 
     gpu = scan.add_argument_group("on a GPU cluster", "ignored without GPUs; defaults in the README's 'On a GPU' table")
     gpu.add_argument("--detect-long-side", type=positive_int, help="long side of the frames MTCNN sees; "
@@ -77,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         detectors=args.detectors, probes=args.probes, frames=args.frames, s3_endpoint=args.s3_endpoint,
         resume=args.resume, limit=args.limit, aggregation=args.aggregation, rows_per_file=args.rows_per_file,
         flush_seconds=args.flush_seconds, progress=not args.no_progress, tracking_uri=args.tracking_uri,
-        explain=args.explain, gpu=gpu,
+        explain=args.explain, gpu=gpu, stall_warning_s=args.stall_warning, stall_timeout_s=args.stall_timeout,
         **({"detect_long_side": args.detect_long_side} if args.detect_long_side is not None else {}),
     )
     summary = run_scan(config)

@@ -34,12 +34,18 @@ from jobs.evaluate.outputs import (
     put_bytes,
     write_table,
 )
-from jobs.models import resolve_detector, warn_if_untrained
+from jobs.models import put_weights, resolve_detector, warn_if_untrained
+from jobs.resources import fit_stages
 from jobs.runtime import cluster_resources, init_ray, pool_size, quiet_ray_data, warn
+from jobs.watchdog import StallWatchdog
 from pipelines.dataset import decode_images, sample_split
 from pipelines.errors import OptionError, SourceError
+from pipelines.evaluate import SCORE_SCENARIOS
+from pipelines.execution import build_dataset
 from pipelines.sources import arrow_filesystem_for, filesystem_for, storage_options_for
-from pipelines.stages import ResolvedDetector
+from pipelines.stages import Pool, ResolvedDetector, StageSpec
+
+STALL_WARNING_S = 180.0  # no crop scored for this long: say what the job waits for
 
 
 @dataclass
@@ -56,7 +62,6 @@ class EvaluateConfig:
     analysis: str | None = "gradcam"
     gallery: int = 6
     batch_size: int = 16
-    actor_cpus: float = 1.0
     seed: int = 0
     tracking_uri: str | None = None
     s3_endpoint: str | None = None
@@ -126,7 +131,8 @@ def read_crops(data: str, split: str, s3_endpoint: str | None, limit: int, seed:
         raise SourceError(f"no crop dataset at {data}: run fakescan prepare first") from None
 
 
-def fit_attackers(config: EvaluateConfig, models: list[ModelUnderTest], data: str) -> dict[str, bytes | None]:
+def fit_attackers(config: EvaluateConfig, models: list[ModelUnderTest], data: str, task_cpus: float
+                  ) -> dict[str, bytes | None]:
     import ray
 
     from pipelines.evaluate import fit_attacker
@@ -139,32 +145,37 @@ def fit_attackers(config: EvaluateConfig, models: list[ModelUnderTest], data: st
                             f"fitted on the evaluated {config.split} split")
         table = read_crops(data, config.split, config.s3_endpoint, 512, config.seed)
     decoded = decode_images(table)
-    task = ray.remote(fit_attacker).options(num_cpus=config.actor_cpus)
+    task = ray.remote(fit_attacker).options(num_cpus=task_cpus)
     refs = {m.name: task.remote(m.detector.spec, m.detector.weights, m.name, decoded["pixels"], decoded["label"],
                                 config.unet_steps, config.seed) for m in models}
     return {name: ray.get(ref) for name, ref in refs.items()}
 
 
-def score_model(config: EvaluateConfig, model: ModelUnderTest, crops: pa.Table, attacker: bytes | None) -> pa.Table:
-    import ray
-    from ray.data import ActorPoolStrategy
+def scoring_stage(config: EvaluateConfig) -> StageSpec:
+    """The scoring actors' stage, its pool and reservation fitted to the cluster (``PlanError``
+    when even its least does not fit)."""
+    cpus, _ = cluster_resources()
+    stage = replace(SCORE_SCENARIOS, batch_size=config.batch_size)
+    stage = replace(stage, pool=Pool(1, pool_size(cpus, stage.resources.cpus, stage.cpu_share)))
+    return fit_stages([stage], cpus, "evaluate")[0]
 
-    from pipelines.evaluate import ScoreScenarios
 
-    blocks = [crops.slice(i, config.batch_size) for i in range(0, crops.num_rows, config.batch_size)]
-    ds = ray.data.from_arrow(blocks).map_batches(
-        ScoreScenarios, fn_constructor_kwargs={"spec": model.detector.spec, "weights": model.detector.weights,
-                                               "name": model.name, "attacker": attacker,
-                                               "scenarios": config.scenarios, "pgd_iterations": config.pgd_iterations,
-                                               "analysis": config.analysis},
-        batch_size=config.batch_size, batch_format="pyarrow", num_cpus=config.actor_cpus,
-        compute=ActorPoolStrategy(min_size=1, max_size=pool_size(cluster_resources()[0], config.actor_cpus, 1.0)))
-    parts = list(ds.iter_batches(batch_format="pyarrow", batch_size=None))
+def score_model(config: EvaluateConfig, stage: StageSpec, model: ModelUnderTest, crops: pa.Table,
+                attacker: bytes | None) -> pa.Table:
+    stage = stage.bind(spec=model.detector.spec, weights=model.detector.weights, name=model.name, attacker=attacker,
+                       scenarios=config.scenarios, pgd_iterations=config.pgd_iterations, analysis=config.analysis)
+    parts = []
+    part: pa.Table  # iter_batches is typed for every batch format; this one is pyarrow's
+    with StallWatchdog(STALL_WARNING_S, stages=[stage]) as watchdog:
+        for part in build_dataset(crops, [stage]).iter_batches(batch_format="pyarrow", batch_size=None,
+                                                               prefetch_batches=0):
+            parts.append(part)
+            watchdog.progress(part.num_rows)
     table = pa.concat_tables(parts) if parts else pa.table({})
     return table.add_column(0, "model", pa.array([model.name] * table.num_rows, pa.string()))
 
 
-def draw_galleries(config: EvaluateConfig, models: list[ModelUnderTest], predictions: pa.Table,
+def draw_galleries(config: EvaluateConfig, models: list[ModelUnderTest], task_cpus: float, predictions: pa.Table,
                    crops: pa.Table, out_fs, root: str) -> pa.Table:
     """Score-CAM heatmaps of the picked crops, one Ray task per model; returns gallery rows."""
     import ray
@@ -180,7 +191,7 @@ def draw_galleries(config: EvaluateConfig, models: list[ModelUnderTest], predict
     labels = dict(zip(chosen["crop_id"].to_pylist(), chosen["label"].to_pylist()))
     for crop_id, image in zip(chosen["crop_id"].to_pylist(), pixels):
         put_bytes(out_fs, f"{root}/gallery/crops/{crop_id}.png", png_bytes_of(image))
-    task = ray.remote(gallery_heatmaps).options(num_cpus=config.actor_cpus)
+    task = ray.remote(gallery_heatmaps).options(num_cpus=task_cpus)
     heatmaps = ray.get([task.remote(m.detector.spec, m.detector.weights, m.name, pixels) for m in models])
     p_clean = predictions.filter(pc.equal(predictions["scenario"], "clean"))
     p_of = {(r["model"], r["stream"], r["crop_id"]): r["p_fake"]
@@ -231,17 +242,19 @@ def run_evaluate(config: EvaluateConfig) -> dict[str, Any]:
 
     init_ray()
     quiet_ray_data()
-    import ray
-
-    models = [replace(m, detector=replace(m.detector, weights=ray.put(m.detector.weights))) for m in models]
-    attackers = fit_attackers(config, models, data)
-    predictions = pa.concat_tables([score_model(config, m, crops, attackers[m.name]) for m in models])
+    stored = put_weights({m.name: m.detector for m in models})
+    models = [replace(m, detector=stored[m.name]) for m in models]
+    stage = scoring_stage(config)
+    # The attackers and galleries are tasks of one model each, as heavy as a scoring actor.
+    attackers = fit_attackers(config, models, data, stage.resources.cpus)
+    predictions = pa.concat_tables([score_model(config, stage, m, crops, attackers[m.name]) for m in models])
     metrics = metrics_table(predictions, {m.name: m.detector.info.kind for m in models})
 
     out_fs = filesystem_for(config.out, storage_options_for(config.out, config.s3_endpoint))
     root = config.out.removeprefix("file://").rstrip("/")
     out_fs.makedirs(root, exist_ok=True)
-    gallery = draw_galleries(config, models, predictions, crops, out_fs, root) if config.gallery else pa.table({})
+    gallery = (draw_galleries(config, models, stage.resources.cpus, predictions, crops, out_fs, root)
+               if config.gallery else pa.table({}))
     summary = {
         "kind": "fakescan-evaluation", "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "data": data, "split": split, "n": crops.num_rows, "n_fake": int(pc.sum(crops["label"]).as_py() or 0),

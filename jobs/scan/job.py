@@ -22,8 +22,10 @@ from detector.degrade import PROBES
 from detector.verdict import AGGREGATIONS
 from jobs.devices import DevicePlan, GpuSettings, mps_daemon, plan_devices
 from jobs.models import put_weights, resolve_detectors
+from jobs.resources import fit_stages, stage_params
 from jobs.runtime import check_destination, cluster_resources, init_ray, quiet_ray_data
 from jobs.scan.metrics import ScanRun, ScanTally, StageStats
+from jobs.watchdog import JobStalled, StallWatchdog
 from pipelines.errors import OptionError
 from pipelines.execution import build_dataset
 from pipelines.rows import MANIFEST_SCHEMA
@@ -57,6 +59,8 @@ class ScanConfig:
     tracking_uri: str | None = None
     explain: tuple[str, ...] = ()  # labels whose videos get heatmaps (scan --explain), e.g. ("fake",)
     explain_faces: int = 4  # most suspicious faces explained per flagged video
+    stall_warning_s: float = 180.0  # no video finished for this long: say what the scan waits for
+    stall_timeout_s: float | None = None  # ... and for this long: stop (a rerun resumes)
 
     def check(self) -> None:
         """Fail in one line on option values that name nothing known."""
@@ -69,7 +73,8 @@ class ScanConfig:
 
     def params(self) -> dict[str, Any]:
         """The options as flat MLflow parameters."""
-        params = {k: v for k, v in asdict(self).items() if k not in ("tracking_uri", "progress", "gpu")}
+        params = {k: v for k, v in asdict(self).items()
+                  if k not in ("tracking_uri", "progress", "gpu", "stall_warning_s", "stall_timeout_s")}
         return params | asdict(self.gpu)
 
 
@@ -97,7 +102,8 @@ class ScanSummary:
 
 def planned_stages(config: ScanConfig, detectors: dict[str, ResolvedDetector], run_id: str
                    ) -> tuple[list[StageSpec], DevicePlan]:
-    """The scan's stages with the device plan of the cluster this process is attached to."""
+    """The scan's stages with the device plan of the cluster this process is attached to, fitted
+    to its CPUs (``PlanError`` when they cannot all run at once)."""
     out = config.out if "://" in config.out else str(Path(config.out).absolute())
     settings = ScanSettings(
         run_id=run_id, frames=config.frames, max_side=config.max_side, detect_long_side=config.detect_long_side,
@@ -105,8 +111,9 @@ def planned_stages(config: ScanConfig, detectors: dict[str, ResolvedDetector], r
         probes=config.probes, aggregation=config.aggregation, explain=config.explain,
         explain_faces=config.explain_faces, out=out, out_storage_options=storage_options_for(out, config.s3_endpoint))
     stages = scan_stages(settings, detectors)
-    plan = plan_devices(config.gpu, config.frames, stages, *cluster_resources())
-    return plan.apply(stages), plan
+    cpus, gpus = cluster_resources()
+    plan = plan_devices(config.gpu, config.frames, stages, cpus, gpus)
+    return fit_stages(plan.apply(stages), cpus), plan
 
 
 def run_scan(config: ScanConfig) -> ScanSummary:
@@ -132,25 +139,13 @@ def run_scan(config: ScanConfig) -> ScanSummary:
                      dict(config.params(), scan_run_id=run_id, detectors=",".join(detectors)))
     writer = VerdictWriter(out_fs, root, run_id, config.rows_per_file, config.flush_seconds)
     tally = ScanTally()
-
     try:
         if todo.num_rows:
-            from tqdm import tqdm
-
             init_ray()
             quiet_ray_data()
             stages, plan = planned_stages(config, put_weights(detectors), run_id)
-            record.log_params(plan.params())
-            # MPS must run before the actors create their CUDA contexts: the dataset starts them lazily.
-            with mps_daemon(plan.mps), tqdm(total=todo.num_rows, unit="video", desc="scan", file=sys.stderr,
-                                            disable=not config.progress,
-                                            mininterval=1.0 if sys.stderr.isatty() else 10.0) as bar:
-                ds = build_dataset(todo.cast(MANIFEST_SCHEMA), stages)
-                batch: pa.Table  # iter_batches is typed for every batch format; this one is pyarrow's
-                for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-                    writer.add(batch)
-                    tally.add(batch)
-                    bar.update(batch.num_rows)
+            record.log_params(plan.params() | stage_params(stages))
+            stream_verdicts(config, todo, stages, plan, writer, tally)
         writer.close()
     except BaseException:
         record.finish(tally.metrics(manifest.num_rows, skipped, todo.num_rows, time.monotonic() - started), failed=True)
@@ -161,3 +156,31 @@ def run_scan(config: ScanConfig) -> ScanSummary:
     record.finish(tally.metrics(manifest.num_rows, skipped, todo.num_rows, elapsed))
     return ScanSummary(config.out, manifest.num_rows, skipped, todo.num_rows, tally.statuses, tally.labels, elapsed,
                        tally.frames, tally.faces, tally.stages, record.run_id)
+
+
+def stream_verdicts(config: ScanConfig, todo: pa.Table, stages: list[StageSpec], plan: DevicePlan,
+                    writer: VerdictWriter, tally: ScanTally) -> None:
+    """Run the stages over ``todo`` and write every verdict as it arrives, under the stall watchdog."""
+    from tqdm import tqdm
+
+    watchdog = StallWatchdog(config.stall_warning_s, config.stall_timeout_s, stages)
+    # MPS must run before the actors create their CUDA contexts: the dataset starts them lazily.
+    with mps_daemon(plan.mps), tqdm(total=todo.num_rows, unit="video", desc="scan", file=sys.stderr,
+                                    disable=not config.progress,
+                                    mininterval=1.0 if sys.stderr.isatty() else 10.0) as bar, watchdog:
+        try:
+            batch: pa.Table  # iter_batches is typed for every batch format; this one is pyarrow's
+            # No prefetching: each verdict is written as soon as it exists, so a video stuck in the
+            # pipeline never holds back one that is done.
+            for batch in build_dataset(todo.cast(MANIFEST_SCHEMA), stages).iter_batches(
+                    batch_format="pyarrow", batch_size=None, prefetch_batches=0):
+                writer.add(batch)
+                tally.add(batch)
+                bar.update(batch.num_rows)
+                watchdog.progress(batch.num_rows)
+        except KeyboardInterrupt:
+            if watchdog.stalled is None:
+                raise
+            writer.close()  # the verdicts done so far stay; a rerun resumes after them
+            raise JobStalled(f"the scan stopped: {watchdog.stalled}; {watchdog.rows} verdicts written, rerun the "
+                             "same command to resume") from None

@@ -35,7 +35,8 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from jobs.models import put_weights, resolve_detectors
-from jobs.runtime import init_ray
+from jobs.resources import PlanError
+from jobs.runtime import cluster_resources, init_ray
 from jobs.serve.pipeline import (
     ForbiddenSource,
     NotAVideo,
@@ -217,6 +218,18 @@ class ScanService:
         return await asyncio.to_thread(read_uri, uri, options, self.config.max_upload_bytes)
 
 
+def check_replicas_fit(config: ServeConfig) -> None:
+    """Replicas that cannot all be placed would leave the app deploying for ever: refuse in one line."""
+    cpus, gpus = cluster_resources()
+    needed = config.replicas * config.replica_cpus
+    if needed > cpus:
+        raise PlanError(f"{config.replicas} replica(s) of {config.replica_cpus:g} CPU need {needed:g} CPUs and the "
+                        f"cluster has {cpus:g}; lower --replicas or --replica-cpus")
+    if gpus and config.replicas * config.replica_gpus > gpus:
+        raise PlanError(f"{config.replicas} replica(s) of {config.replica_gpus:g} GPU need "
+                        f"{config.replicas * config.replica_gpus:g} GPUs and the cluster has {gpus:g}")
+
+
 def build_app(config: ServeConfig, detectors: dict[str, ResolvedDetector], run_id: str) -> serve.Application:
     """The Serve application for ``resolve_serve_models``'s detectors. Needs Ray initialised."""
     actor_options: dict[str, Any] = {"num_cpus": config.replica_cpus}
@@ -274,6 +287,7 @@ def deploy(config: ServeConfig) -> str:
     return its URL once it answers there."""
     models = resolve_serve_models(config)  # a bad --model fails here, in one line, before Ray starts
     init_ray()
+    check_replicas_fit(config)
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
     run_id = "serve-" + datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     serve.start(http_options={"host": config.host, "port": config.port})

@@ -11,7 +11,8 @@ from typing import Any
 
 from detector.factory import list_detectors
 from jobs import tracking
-from jobs.runtime import init_ray, quiet_ray_data, warn
+from jobs.resources import PlanError
+from jobs.runtime import cluster_resources, init_ray, quiet_ray_data, warn
 from pipelines.dataset import count_split, decode_images
 from pipelines.errors import OptionError, SourceError
 from pipelines.sources import arrow_filesystem_for
@@ -58,16 +59,24 @@ class TrainConfig:
         return {k: v for k, v in asdict(self).items() if v is not None and k != "tracking_uri"}
 
 
+# Ray Data's shuffle tasks ask for a whole CPU each, and a worker needs a little of one.
+DATA_CPUS, MIN_WORKER_CPUS = 1.0, 0.25
+
+
 def worker_resources(workers: int, use_gpu: bool) -> tuple[dict[str, float], int]:
     """Ray CPUs per worker, and torch threads per worker.
 
     The reservation leaves a whole CPU to Ray Data, whose shuffle tasks each ask for one:
-    2 workers at 1 CPU on 2 cores would starve them and hang without an error.
+    2 workers at 1 CPU on 2 cores would starve them and hang without an error. Where even the
+    least does not fit, the job stops in one line.
     """
-    import ray
-
-    total = ray.cluster_resources().get("CPU", 1)
-    cpus = max(0.25, min(4.0, (total - 1) / workers))
+    total, _ = cluster_resources()
+    needed = DATA_CPUS + workers * MIN_WORKER_CPUS
+    if total < needed:
+        raise PlanError(f"training with {workers} worker(s) needs at least {needed:g} CPUs ({workers} × "
+                        f"{MIN_WORKER_CPUS:g} for the workers, {DATA_CPUS:g} for Ray Data's shuffle) and the cluster "
+                        f"has {total:g}; lower --workers or train on more CPUs")
+    cpus = max(MIN_WORKER_CPUS, min(4.0, (total - DATA_CPUS) / workers))
     resources = {"CPU": cpus}
     if use_gpu:
         resources["GPU"] = 1
@@ -120,13 +129,12 @@ def fit_on_ray(loop: Callable[[dict[str, Any]], None], loop_config: dict[str, An
     return trainer.fit()
 
 
-def run_training(config: TrainConfig, loop: Callable[[dict[str, Any]], None], loop_extra: dict[str, Any],
-                 notes: list[str], tags: dict[str, str]) -> dict[str, Any]:
+def run_training(config: TrainConfig, loop: Callable[[dict[str, Any]], None], notes: list[str],
+                 tags: dict[str, str]) -> dict[str, Any]:
     """What every training job does around its loop: check the options and the data, open (or
     resume) the MLflow run, fit on Ray, then copy the last checkpoint's weights to OUT/model,
     calibrate them on the val split, write the model card, register the model and close the
-    run (as FAILED when training fails). ``loop_extra`` goes into the workers' loop config;
-    ``notes`` into the model card."""
+    run (as FAILED when training fails). ``notes`` go into the model card."""
     from mlflow.tracking import MlflowClient
 
     from jobs.calibrate import calibrate_file, calibration_metrics, write_reports
@@ -137,8 +145,8 @@ def run_training(config: TrainConfig, loop: Callable[[dict[str, Any]], None], lo
     crops, data_fs = check_train_split(config.data, config.s3_endpoint)
     tracking_uri = tracking.tracking_uri_or_default(config.tracking_uri, out)
     experiment_id = tracking.ensure_experiment(tracking_uri, config.experiment, out / "mlartifacts")
-    run_id = tracking.start_or_resume_run(tracking_uri, experiment_id, config.run_name, config.params() | loop_extra)
-    loop_config = asdict(config) | loop_extra | {"mlflow_run_id": run_id, "tracking_uri": tracking_uri,
+    run_id = tracking.start_or_resume_run(tracking_uri, experiment_id, config.run_name, config.params())
+    loop_config = asdict(config) | config.params() | {"mlflow_run_id": run_id, "tracking_uri": tracking_uri,
                                                  "run_name": config.run_name}
     client = MlflowClient(tracking_uri)
     try:
@@ -160,7 +168,7 @@ def run_training(config: TrainConfig, loop: Callable[[dict[str, Any]], None], lo
         metrics.update(calibration_metrics(calibration.calibration))
         tracking.log_files(tracking_uri, run_id, write_reports(calibration, model_dir),
                            calibration_metrics(calibration.calibration))
-    text = model_card(config, loop_extra, metrics, run_id, notes)
+    text = model_card(config, metrics, run_id, notes)
     (model_dir / "MODEL_CARD.md").write_text(text)
     version = tracking.log_and_register_model(tracking_uri, run_id, model_dir / tracking.WEIGHTS_ARTIFACT, text,
                                               config.register_as, config.alias,
@@ -171,13 +179,12 @@ def run_training(config: TrainConfig, loop: Callable[[dict[str, Any]], None], lo
             "weights": str(model_dir / tracking.WEIGHTS_ARTIFACT), "metrics": metrics}
 
 
-def model_card(config: TrainConfig, extra: dict[str, Any], metrics: dict[str, float], run_id: str,
-               notes: list[str]) -> str:
+def model_card(config: TrainConfig, metrics: dict[str, float], run_id: str, notes: list[str]) -> str:
     lines = [f"# {config.register_as} ({config.run_name})", "",
              f"Trained by `fakescan train {config.kind}` on `{config.data}`; MLflow run `{run_id}`.", ""]
     lines += [line for note in notes for line in (note, "")]
     lines += ["| setting | value |", "| --- | --- |"]
-    lines += [f"| {k} | {v} |" for k, v in (asdict(config) | extra).items() if k != "tracking_uri"]
+    lines += [f"| {k} | {v} |" for k, v in config.params().items()]
     lines += ["", "Final epoch, validation split:", "", "| metric | value |", "| --- | --- |"]
     lines += [f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items())]
     return "\n".join(lines) + "\n"

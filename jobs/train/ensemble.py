@@ -53,6 +53,9 @@ class EnsembleTrainConfig(TrainConfig):
         if self.finetune_mode not in FINETUNE_MODES:
             raise OptionError(f"unknown --finetune {self.finetune_mode!r}; choose from {', '.join(FINETUNE_MODES)}")
 
+    def params(self) -> dict[str, Any]:
+        return super().params() | {"finetune": self.finetune_mode}
+
     @property
     def finetune_mode(self) -> str:
         # LoRA keeps a published DINOv2's prior with few trainable weights; a random backbone
@@ -69,7 +72,7 @@ def build_model(cfg: dict[str, Any]):
     and CLIP checkpoints (or random weights)."""
     pretrained = {} if cfg["init"] else {"dinov2_weights": cfg["dinov2_weights"], "clip_weights": cfg["clip_weights"]}
     model, info = create_detector(parse_detector_spec(cfg["init"] or cfg["model"], "ensemble"), device="cpu",
-                                  finetune=cfg["finetune_mode"], **pretrained)
+                                  finetune=cfg["finetune"], **pretrained)
     assert isinstance(model, EnsembleDetector)  # the spec's kind is "ensemble": create_detector checks it
     model.backbone.set_grad_checkpointing(cfg.get("grad_checkpointing", False))
     return model, info
@@ -162,5 +165,5 @@ def run_train_ensemble(config: EnsembleTrainConfig) -> dict[str, Any]:
     if not config.dinov2_weights and not config.init:
         notes.append("The DINOv2 backbone started from random weights, not from DINOv2's self-supervised "
                      "pre-training: none of the paper's robustness prior is present.")
-    return run_training(config, train_loop, {"finetune_mode": config.finetune_mode}, notes,
+    return run_training(config, train_loop, notes,
                         tags={"model": config.model, "finetune": config.finetune_mode})

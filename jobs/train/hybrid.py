@@ -88,5 +88,5 @@ def train_loop(cfg: dict[str, Any]) -> None:
 
 
 def run_train_hybrid(config: HybridTrainConfig) -> dict[str, Any]:
-    return run_training(config, train_loop, {}, notes=[],
+    return run_training(config, train_loop, notes=[],
                         tags={"mode": config.mode, "model": config.model})
