@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/scan_throughput.py --videos 20 --frames 8
 
-Both runs use the same stage code (read → decode → MTCNN → hybrid → verdict) on the same
+Both runs use the same stage code (decode → MTCNN → hybrid → verdict) on the same
 videos; the sequential loop handles one video at a time in this process. Prints videos/s,
 frames/s, faces/s, peak RSS (this process plus every Ray worker), the ratio, and each
 stage's standalone rate. Figures are ratios measured in one run: the machines are noisy.

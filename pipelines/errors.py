@@ -22,5 +22,10 @@ class ModelError(UsageError):
     """A model argument that names no detector that can be loaded."""
 
 
+class VideoError(ValueError):
+    """What is wrong with one input video, said plainly: the message is that video's
+    ``error_message`` as it stands, with no exception name."""
+
+
 class JobFailed(RuntimeError):
     """The job stopped for a reason it can state in one line (exit code 1)."""

@@ -2,7 +2,7 @@
 
 Every stage emits the same base columns plus its own payload, with an explicit
 Arrow schema, so a block in which every video failed has the same types as one
-in which none did. Heavy payloads (bytes, frames, crops) are dropped by the
+in which none did. Heavy payloads (frames, crops) are dropped by the
 stage that consumes them, which keeps the object store bounded.
 """
 from __future__ import annotations
@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+
+from pipelines.errors import VideoError
 
 BASE = [
     pa.field("video_id", pa.string()),
@@ -29,6 +31,7 @@ BASE = [
     pa.field("t_score_s", pa.float64()),
     pa.field("t_probes_s", pa.float64()),
     pa.field("t_ensemble_s", pa.float64()),
+    pa.field("bytes_read", pa.int64()),  # fetched from storage to decode this video
 ]
 VIDEO = [
     pa.field("decoder", pa.string()),
@@ -39,6 +42,9 @@ VIDEO = [
     pa.field("rotation", pa.int32()),
     pa.field("frame_numbers", pa.list_(pa.int64())),
     pa.field("timestamps_s", pa.list_(pa.float64())),
+    pa.field("frames_decoded", pa.int32()),  # every frame decoded to reach the sampled ones
+    pa.field("decode_errors", pa.int32()),  # packets or frames that failed to decode and were skipped
+    pa.field("damaged", pa.bool_()),  # decode_errors > 0: scanned from what still decodes
 ]
 FACES = [
     pa.field("face_frame", pa.list_(pa.int32())),  # index into frame_numbers
@@ -71,7 +77,8 @@ SCENES = [pa.field("scenes", pa.large_binary()), pa.field("scene_size", pa.int32
 PROBES = [pa.field("probe_names", pa.list_(pa.string())), pa.field("probe_crops", pa.large_binary())]
 
 MANIFEST_SCHEMA = pa.schema(BASE)
-READ_SCHEMA = pa.schema(BASE + [pa.field("data", pa.large_binary())])
+# Rows that carry their video's bytes (an upload to the server) rather than a URI to open.
+UPLOAD_SCHEMA = pa.schema(BASE + [pa.field("data", pa.large_binary())])
 DECODED_SCHEMA = pa.schema(
     BASE + VIDEO + [pa.field("frames", pa.large_binary()), pa.field("frame_shape", pa.list_(pa.int32()))]
 )
@@ -86,7 +93,9 @@ def to_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
 
 
 def one_line(exc: BaseException, limit: int = 300) -> str:
-    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    """The error as one line: a ``VideoError`` says what is wrong with the video in its own
+    words; anything else is unexpected, and its type name helps whoever reports it."""
+    text = " ".join((str(exc) if isinstance(exc, VideoError) else f"{type(exc).__name__}: {exc}").split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

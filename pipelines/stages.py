@@ -26,10 +26,9 @@ from pipelines.decode import DecodeConfig, decode_videos
 from pipelines.explain import ExplainFaces
 from pipelines.faces import CropFaces
 from pipelines.probes import degrade_faces
-from pipelines.rows import DECODED_SCHEMA, FACES_SCHEMA, MANIFEST_SCHEMA, READ_SCHEMA, SCORING_SCHEMA
+from pipelines.rows import DECODED_SCHEMA, FACES_SCHEMA, MANIFEST_SCHEMA, SCORING_SCHEMA
 from pipelines.score import ScoreFaces
 from pipelines.score_ensemble import ScoreEnsemble
-from pipelines.sources import read_video_bytes
 from pipelines.verdict import EXPLAIN_INPUT_SCHEMA, VERDICT_SCHEMA, build_verdicts
 
 Batch = Callable[[pa.Table], pa.Table]
@@ -85,8 +84,10 @@ class StageSpec:
         return self.fn(**kwargs) if self.is_actor else functools.partial(self.fn, **kwargs)
 
 
-READ = StageSpec("read", read_video_bytes, MANIFEST_SCHEMA, READ_SCHEMA, Resources(0.5, min_cpus=0.1), batch_size=1)
-DECODE = StageSpec("decode", decode_videos, READ_SCHEMA, DECODED_SCHEMA, Resources(0.5, min_cpus=0.25), batch_size=1)
+# Decode opens each video where it lives and fetches only what it decodes: no bytes travel
+# through the object store. Its rows fail at ``read`` when the fetch fails.
+DECODE = StageSpec("decode", decode_videos, MANIFEST_SCHEMA, DECODED_SCHEMA, Resources(0.5, min_cpus=0.25),
+                   batch_size=1)
 FACES = StageSpec("faces", CropFaces, DECODED_SCHEMA, FACES_SCHEMA, Resources(1.0, min_cpus=0.5), batch_size=1,
                   cpu_share=0.5)
 PROBES = StageSpec("probes", degrade_faces, FACES_SCHEMA, SCORING_SCHEMA, Resources(0.25, min_cpus=0.1),
@@ -100,11 +101,11 @@ VERDICT = StageSpec("verdict", build_verdicts, SCORING_SCHEMA, VERDICT_SCHEMA, R
 # One actor, with the resources of the detector it explains (``scan_stages``).
 EXPLAIN = StageSpec("explain", ExplainFaces, EXPLAIN_INPUT_SCHEMA, VERDICT_SCHEMA, Resources(0.25, min_cpus=0.1),
                     batch_size=4)
-SCAN_STAGES: tuple[StageSpec, ...] = (READ, DECODE, FACES, PROBES, SCORE, ENSEMBLE, VERDICT, EXPLAIN)
+SCAN_STAGES: tuple[StageSpec, ...] = (DECODE, FACES, PROBES, SCORE, ENSEMBLE, VERDICT, EXPLAIN)
 # fakescan prepare: the scan's first stages, then each face as a lossless PNG crop row.
 ENCODE = StageSpec("encode", encode_crops, FACES_SCHEMA, ENCODED_SCHEMA, Resources(0.25, min_cpus=0.1),
                    batch_size=4)
-PREPARE_STAGES: tuple[StageSpec, ...] = (READ, DECODE, FACES, ENCODE)
+PREPARE_STAGES: tuple[StageSpec, ...] = (DECODE, FACES, ENCODE)
 MODEL_STAGES = {stage.detector: stage for stage in SCAN_STAGES if stage.detector}  # detector kind → its stage
 
 
@@ -126,7 +127,6 @@ class ScanSettings:
     frames: int = 32
     max_side: int = 1280
     detect_long_side: int = 640
-    max_read_bytes: int = 4 << 30
     storage_options: Mapping[str, Any] = field(default_factory=dict)  # of the source
     probes: tuple[str, ...] = ()
     aggregation: str = "max_face_mean"
@@ -141,8 +141,8 @@ def scan_stages(settings: ScanSettings, detectors: Mapping[str, ResolvedDetector
     (kind → detector) gets its model stage; probes and explain only when asked for."""
     ensemble = detectors.get("ensemble")
     stages = [
-        READ.bind(storage_options=dict(settings.storage_options), max_bytes=settings.max_read_bytes),
-        DECODE.bind(config=DecodeConfig(settings.frames, settings.max_side)),
+        DECODE.bind(config=DecodeConfig(settings.frames, settings.max_side),
+                    storage_options=dict(settings.storage_options)),
         # A CPU detects one video per call: its frames are one MTCNN batch.
         FACES.bind(config=FaceCropConfig(detect_long_side=settings.detect_long_side,
                                          detect_batch_size=settings.frames),
@@ -170,7 +170,7 @@ def prepare_stages(storage_options: Mapping[str, Any], frames: int, max_side: in
                    labels: Mapping[str, Mapping[str, Any]]) -> list[StageSpec]:
     """The stages of ``fakescan prepare``, with their arguments (``labels``: video_id → label,
     group and split)."""
-    read, decode, faces, encode = PREPARE_STAGES
-    return [read.bind(storage_options=dict(storage_options), max_bytes=4 << 30),
-            decode.bind(config=DecodeConfig(frames, max_side)), faces.bind(config=FaceCropConfig()),
+    decode, faces, encode = PREPARE_STAGES
+    return [decode.bind(config=DecodeConfig(frames, max_side), storage_options=dict(storage_options)),
+            faces.bind(config=FaceCropConfig()),
             encode.bind(labels=dict(labels))]

@@ -11,4 +11,4 @@ PYTHON=${PYTHON:-python3.11}
 # facenet-pytorch 2.6.0 pins torch<2.3 in its metadata; its real needs (torch, torchvision,
 # numpy, Pillow, requests, tqdm) are already installed above, so install it without them.
 "$VENV/bin/pip" install -q --no-deps facenet-pytorch==2.6.0
-"$VENV/bin/python" -c "import facenet_pytorch, decord, av, timm, ray; print('fakescan environment ready:', '$VENV')"
+"$VENV/bin/python" -c "import facenet_pytorch, av, timm, ray; print('fakescan environment ready:', '$VENV')"

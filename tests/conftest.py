@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-# Before any test module imports decord: decord2's native libraries, loaded first, shadow symbols
-# that torch resolves later, and torch then segfaults (see pipelines/decode.py).
+# Before any test module imports decord (an independent reference decoder in tests/test_media.py):
+# decord2's native libraries, loaded first, shadow symbols that torch resolves later, and torch
+# then segfaults in the same process.
 import torch
 
 pytest_plugins = ["tests.support.s3", "tests.support.media", "tests.support.ray_nodes"]

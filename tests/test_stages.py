@@ -8,6 +8,7 @@ process on real clips, each on what the stage before it wrote.
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,7 @@ from pipelines.stages import SCAN_STAGES, ResolvedDetector, ScanSettings, StageS
 # What breaks one video at each stage's input: the stage must turn it into that video's row.
 Breakage = Callable[[dict[str, Any]], None]
 BREAKAGES: dict[str, Breakage] = {
-    "read": lambda row: row.update(uri=row["uri"] + ".gone"),
-    "decode": lambda row: row.update(data=b"no container here " * 64),
+    "decode": lambda row: row.update(uri=__file__, size_bytes=os.path.getsize(__file__)),  # text, not a video
     "faces": lambda row: row.update(frames=b"\0" * 7),
     "probes": lambda row: row.update(crops=b"\0" * 7),
     "score": lambda row: row.update(crops=b"\0" * 7),
@@ -94,8 +94,7 @@ def test_declared_schema_in_gives_declared_schema_out_one_row_per_video(name, pi
     assert out.schema == stage.output_schema
     assert out["video_id"].to_pylist() == given["video_id"].to_pylist()
     statuses = {Path(uri).name: status for uri, status in zip(out["uri"].to_pylist(), out["status"].to_pylist())}
-    if name != "read":  # an empty file reads fine, and fails to decode
-        assert statuses["d_empty.mp4"] == "error"
+    assert statuses["d_empty.mp4"] == "error"
     if name == "explain":
         assert any(uri for uris in out["face_heatmap_uri"].to_pylist() for uri in uris if uri)
 
@@ -115,3 +114,12 @@ def test_a_video_broken_at_a_stage_becomes_its_row_with_the_stage_named(name, pi
         assert broken["status"] == "error"
     assert healthy["error_stage"] is None and healthy["status"] in ("pending", "ok")
     assert len(out) == len(rows)
+
+
+def test_a_video_that_cannot_be_fetched_is_a_read_error_of_the_decode_stage(pipeline, inputs):
+    rows = inputs["decode"].to_pylist()
+    rows[0]["uri"] += ".gone"
+    out = pipeline.instance("decode")(pa.Table.from_pylist(rows, schema=inputs["decode"].schema)).to_pylist()
+    assert (out[0]["status"], out[0]["error_stage"]) == ("error", "read")
+    assert out[0]["error_message"] == "cannot read the file: No such file or directory"
+    assert out[1]["status"] == "pending"

@@ -45,7 +45,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--batch-wait-s", type=float, default=0.05,
                        help="longest wait for a batch to fill, in seconds (default 0.05)")
     serve.add_argument("--max-upload-bytes", type=byte_size, default="200MB",
-                       help="largest upload, and largest file read from a URI (default 200MB)")
+                       help="largest upload (default 200MB); a URI's video is opened where it lives, at any size")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -53,7 +53,6 @@ class ScanConfig:
     detect_long_side: int = 640
     rows_per_file: int = 1000
     flush_seconds: float = 60.0
-    max_read_bytes: int = 4 << 30
     gpu: GpuSettings = field(default_factory=GpuSettings)
     progress: bool = True
     tracking_uri: str | None = None
@@ -89,15 +88,18 @@ class ScanSummary:
     elapsed_s: float
     frames: int = 0
     faces: int = 0
+    bytes_read: int = 0
+    damaged: int = 0
     stages: dict[str, StageStats] = field(default_factory=dict)  # throughput per stage, from the rows' timings
     mlflow_run_id: str | None = None
 
     def line(self) -> str:
         status = ", ".join(f"{k} {v}" for k, v in sorted(self.statuses.items())) or "none"
         label = ", ".join(f"{k} {v}" for k, v in sorted(self.labels.items())) or "none"
+        damaged = f", {self.damaged} damaged but scanned" if self.damaged else ""
         return (f"fakescan: scanned {self.scanned} of {self.listed} videos ({self.skipped} already done) in "
-                f"{self.elapsed_s:.1f}s | status: {status} | label: {label} | output: {self.out}/verdicts, "
-                f"{self.out}/faces")
+                f"{self.elapsed_s:.1f}s, {self.bytes_read / 1e6:.1f} MB read | status: {status}{damaged} | "
+                f"label: {label} | output: {self.out}/verdicts, {self.out}/faces")
 
 
 def planned_stages(config: ScanConfig, detectors: dict[str, ResolvedDetector], run_id: str
@@ -107,7 +109,7 @@ def planned_stages(config: ScanConfig, detectors: dict[str, ResolvedDetector], r
     out = config.out if "://" in config.out else str(Path(config.out).absolute())
     settings = ScanSettings(
         run_id=run_id, frames=config.frames, max_side=config.max_side, detect_long_side=config.detect_long_side,
-        max_read_bytes=config.max_read_bytes, storage_options=storage_options_for(config.source, config.s3_endpoint),
+        storage_options=storage_options_for(config.source, config.s3_endpoint),
         probes=config.probes, aggregation=config.aggregation, explain=config.explain,
         explain_faces=config.explain_faces, out=out, out_storage_options=storage_options_for(out, config.s3_endpoint))
     stages = scan_stages(settings, detectors)
@@ -155,7 +157,7 @@ def run_scan(config: ScanConfig) -> ScanSummary:
         print(tally.stage_line(), file=sys.stderr)
     record.finish(tally.metrics(manifest.num_rows, skipped, todo.num_rows, elapsed))
     return ScanSummary(config.out, manifest.num_rows, skipped, todo.num_rows, tally.statuses, tally.labels, elapsed,
-                       tally.frames, tally.faces, tally.stages, record.run_id)
+                       tally.frames, tally.faces, tally.bytes_read, tally.damaged, tally.stages, record.run_id)
 
 
 def stream_verdicts(config: ScanConfig, todo: pa.Table, stages: list[StageSpec], plan: DevicePlan,

@@ -47,6 +47,8 @@ class ScanTally:
     labels: Counter = field(default_factory=Counter)
     frames: int = 0
     faces: int = 0
+    bytes_read: int = 0  # fetched from storage, over every video
+    damaged: int = 0  # videos scanned from what still decodes
     stages: dict[str, StageStats] = field(default_factory=lambda: {name: StageStats() for name in STAGES})
 
     def add(self, batch: pa.Table) -> None:
@@ -54,6 +56,8 @@ class ScanTally:
         self.labels.update(batch["label"].to_pylist())
         self.frames += int(pc.sum(batch["n_frames"]).as_py() or 0)
         self.faces += int(pc.sum(batch["n_faces"]).as_py() or 0)
+        self.bytes_read += int(pc.sum(batch["bytes_read"]).as_py() or 0)
+        self.damaged += int(pc.sum(batch["damaged"].cast(pa.int64())).as_py() or 0)
         for name, column in zip(STAGES, STAGE_TIMES):
             times = batch[column]
             self.stages[name].videos += len(times) - times.null_count
@@ -67,7 +71,8 @@ class ScanTally:
     def metrics(self, listed: int, skipped: int, scanned: int, elapsed_s: float) -> dict[str, float]:
         values: dict[str, float] = {
             "videos_listed": listed, "videos_skipped": skipped, "videos_scanned": scanned, "frames": self.frames,
-            "faces": self.faces, "elapsed_s": elapsed_s, "videos_per_s": scanned / elapsed_s if elapsed_s else 0.0,
+            "faces": self.faces, "bytes_read": self.bytes_read, "videos_damaged": self.damaged,
+            "elapsed_s": elapsed_s, "videos_per_s": scanned / elapsed_s if elapsed_s else 0.0,
         }
         values.update({f"status_{k}": v for k, v in self.statuses.items()})
         values.update({f"label_{k}": v for k, v in self.labels.items()})

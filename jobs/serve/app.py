@@ -75,7 +75,7 @@ class ServeConfig:
     max_ongoing_requests: int = 8
     max_batch_size: int = 4  # decoded videos per pass through the model stages, as the scan's blocks
     batch_wait_timeout_s: float = 0.05
-    max_upload_bytes: int = 200 << 20  # also the largest file read from a URI
+    max_upload_bytes: int = 200 << 20  # a URI's video is opened where it lives, at any size
     uri_prefixes: tuple[str, ...] = ()  # where {"uri": …} may read; empty: anywhere this server can
 
     def scan_settings(self, run_id: str) -> ScanSettings:
@@ -165,7 +165,8 @@ class ScanService:
     @api.post("/v1/scan")
     async def scan(self, request: Request) -> JSONResponse:
         video = await self.receive(request)
-        await asyncio.to_thread(check_video, video.data)
+        if video.data is not None:  # an upload; a URI's file is the scan's to judge, as in a scan
+            await asyncio.to_thread(check_video, video.data)
         decoded = await asyncio.to_thread(self.pipeline.decode, video.table())
         del video  # the upload's bytes are not needed while the frames wait for their batch
         scored = await self.detect(decoded)
@@ -215,7 +216,7 @@ class ScanService:
         uri = uri.strip()
         check_uri_allowed(uri, self.config.uri_prefixes)
         options = storage_options_for(uri, self.config.s3_endpoint)
-        return await asyncio.to_thread(read_uri, uri, options, self.config.max_upload_bytes)
+        return await asyncio.to_thread(read_uri, uri, options)
 
 
 def check_replicas_fit(config: ServeConfig) -> None:

@@ -8,6 +8,7 @@ imports Ray: the replica wraps it, and a benchmark can call it directly.
 from __future__ import annotations
 
 import hashlib
+import io
 import math
 import os
 import re
@@ -19,12 +20,12 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipelines.decode import DecodeError, probe_video
+from pipelines.decode import DecodeConfig, DecodeError, sample_frames
 from pipelines.errors import SourceError
 from pipelines.execution import InProcessPipeline
-from pipelines.rows import READ_SCHEMA, to_table
+from pipelines.rows import UPLOAD_SCHEMA, to_table
 from pipelines.sinks import VERDICTS_SCHEMA, split_faces
-from pipelines.sources import SNIFF_BYTES, list_videos, read_video_bytes, sniff_video, video_id_for
+from pipelines.sources import SNIFF_BYTES, list_videos, sniff_video, video_id_for
 from pipelines.stages import ResolvedDetector, ScanSettings, scan_stages
 
 
@@ -42,23 +43,24 @@ class ForbiddenSource(ValueError):
 
 @dataclass(frozen=True)
 class Video:
-    """One video to scan: its manifest row, built as the scan lists it, and its bytes."""
+    """One video to scan: its manifest row, built as the scan lists it, and its bytes when they
+    came with the request (an upload); a URI's video is opened where it lives, as the scan does."""
 
     row: dict[str, Any]
-    data: bytes
+    data: bytes | None = None
 
     def table(self) -> pa.Table:
-        return to_table([{**self.row, "data": self.data}], READ_SCHEMA)
+        return to_table([{**self.row, "data": self.data}], UPLOAD_SCHEMA)
 
 
 class VideoPipeline:
-    """decode → faces → every detector → verdict: the scan's stages after ``read`` (the server
-    reads the upload or the URI itself)."""
+    """decode → faces → every detector → verdict: the scan's stages, on an upload's bytes or on
+    the video a URI names."""
 
     def __init__(self, detectors: Mapping[str, ResolvedDetector], settings: ScanSettings,
                  device: str | None = None) -> None:
         self.detectors = detectors
-        self.stages = InProcessPipeline([s for s in scan_stages(settings, detectors) if s.name != "read"], device)
+        self.stages = InProcessPipeline(scan_stages(settings, detectors), device)
 
     def decode(self, videos: pa.Table) -> pa.Table:
         return self.stages.run(videos, "prepare")
@@ -111,8 +113,8 @@ def check_uri_allowed(uri: str, prefixes: tuple[str, ...]) -> None:
         raise ForbiddenSource(f"this server reads only under {', '.join(prefixes)}: {uri}")
 
 
-def read_uri(uri: str, storage_options: dict[str, Any], max_bytes: int) -> Video:
-    """List and read one video exactly as the scan does (same ``video_id``, same read stage)."""
+def read_uri(uri: str, storage_options: dict[str, Any]) -> Video:
+    """List one video exactly as the scan does (same ``video_id``); the decode stage opens it."""
     if "://" not in uri or uri.startswith("file://"):
         path = Path(uri.removeprefix("file://")).expanduser()
         if path.is_dir():  # never walk a folder on a client's say-so
@@ -128,11 +130,10 @@ def read_uri(uri: str, storage_options: dict[str, Any], max_bytes: int) -> Video
         raise UnreadableSource(f"cannot list {uri}: {type(exc).__name__}: {exc}") from None
     if manifest.num_rows != 1 or manifest["uri"][0].as_py() != expected:
         raise UnreadableSource(f"{uri} is a prefix, not one video")
-    row = read_video_bytes(manifest, storage_options, max_bytes).to_pylist()[0]
+    row = manifest.to_pylist()[0]
     if row["status"] == "error":
         raise UnreadableSource(f"cannot read {uri}: {row['error_message']}")
-    data = row.pop("data")
-    return Video({k: v for k, v in row.items() if v is not None}, data)
+    return Video({k: v for k, v in row.items() if v is not None})
 
 
 def check_video(data: bytes) -> None:
@@ -144,7 +145,7 @@ def check_video(data: bytes) -> None:
     if sniff_video(data[:SNIFF_BYTES]):
         return
     try:
-        probe_video(data)
+        sample_frames(io.BytesIO(data), DecodeConfig(n_frames=1, max_side=16))
     except DecodeError as exc:
         raise NotAVideo(f"not a video: {exc}") from None
 

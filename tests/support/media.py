@@ -14,8 +14,10 @@ This module deliberately does not use the scanner's own decode code.
 from __future__ import annotations
 
 import io
+import itertools
 import shutil
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -108,23 +110,27 @@ def zoom_frames(photo: Path, n: int, width: int) -> list[np.ndarray]:
     return out
 
 
-def encode_video(path: Path, frames: list[np.ndarray], fps: float = 25, codec: str = "libx264",
-                 fmt: str | None = None, rotation: int = 0, pts_ms: list[int] | None = None) -> Path:
-    """Encode RGB frames (all the same even size) with PyAV; ``fmt`` overrides the guess from the suffix."""
+def encode_video(path: Path, frames: Iterable[np.ndarray], fps: float = 25, codec: str = "libx264",
+                 fmt: str | None = None, rotation: int = 0, pts_ms: list[int] | None = None,
+                 x264: dict[str, str] | None = None, muxer: dict[str, str] | None = None) -> Path:
+    """Encode RGB frames (all the same even size) with PyAV; ``fmt`` overrides the guess from the suffix,
+    ``x264`` adds libx264 options (``g`` for the GOP) and ``muxer`` the container's (``movflags``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    h, w = frames[0].shape[:2]
-    with av.open(str(path), "w", format=fmt) as container:
+    frames = iter(frames)
+    first = next(frames)
+    h, w = first.shape[:2]
+    with av.open(str(path), "w", format=fmt, options=muxer or {}) as container:
         stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         if codec == "libx264":
-            stream.options = {"preset": "ultrafast"}
+            stream.options = {"preset": "ultrafast", **(x264 or {})}
         elif codec in ("libvpx", "libvpx-vp9"):
             stream.options = {"deadline": "realtime", "cpu-used": "8"}
         if pts_ms is not None:
             stream.codec_context.time_base = Fraction(1, 1000)
         if rotation:
             stream.set_display_rotation(rotation)
-        for i, array in enumerate(frames):
+        for i, array in enumerate(itertools.chain([first], frames)):
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format="rgb24")
             if pts_ms is not None:
                 frame.pts, frame.time_base = pts_ms[i], Fraction(1, 1000)
@@ -230,6 +236,68 @@ def odd_media_dir(sample_media: Path, media_cache: Path) -> OddMediaDir:
     return root
 
 
+LONG_VIDEO_SECONDS = 180
+LONG_VIDEO_GOP_S = 2
+
+
+def long_frames(source: Path, seconds: int, fps: int = 25) -> Iterator[np.ndarray]:
+    """A real clip looped for ``seconds``, with fixed grain so it encodes at about 3 Mbit/s (a
+    broadcast's rate) and every GOP costs what it would."""
+    frames = clip_frames(source, seconds=2.0, fps=fps, width=640)
+    grain = [np.random.default_rng(i).integers(0, 12, frames[0].shape, dtype=np.uint8) for i in range(7)]
+    for i in range(seconds * fps):
+        yield frames[i % len(frames)] + grain[i % len(grain)]
+
+
+@dataclass(frozen=True)
+class LongVideos:
+    """The same 3-minute 360p H.264 clip with its index (moov) at the end, as cameras write it, at
+    the front (faststart, as streaming sites serve it), and in MPEG-TS, which has no index."""
+
+    moov_at_end: Path
+    faststart: Path
+    transport_stream: Path
+
+
+@pytest.fixture(scope="session")
+def long_videos(sample_media: Path, media_cache: Path) -> LongVideos:
+    folder = media_cache / "long"
+    gop = {"g": str(LONG_VIDEO_GOP_S * 25), "crf": "20"}
+    encoded = encode_video(folder / "moov_at_end.mp4", long_frames(sample_media / "single_face.mp4",
+                                                                   LONG_VIDEO_SECONDS), x264=gop)
+    return LongVideos(encoded, remux(encoded, folder / "faststart.mp4", {"movflags": "+faststart"}),
+                      remux(encoded, folder / "broadcast.ts"))
+
+
+def remux(source: Path, path: Path, muxer: dict[str, str] | None = None) -> Path:
+    """The same packets in another container (the suffix names it), or with other muxer options."""
+    with av.open(str(source)) as src, av.open(str(path), "w", options=muxer or {}) as dst:
+        stream = dst.add_stream_from_template(src.streams.video[0])
+        for packet in src.demux(src.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                dst.mux(packet)
+    return path
+
+
+def playable_frames(data: bytes) -> int:
+    """Frames a plain PyAV loop decodes when it skips every packet it cannot decode, as a
+    player does; it stops where demuxing fails."""
+    frames = 0
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            if not container.streams.video:
+                return 0
+            for packet in container.demux(video=0):
+                try:
+                    frames += len(packet.decode())
+                except av.FFmpegError:
+                    continue
+    except (av.FFmpegError, ValueError):
+        pass
+    return frames
+
+
 def pyav_frame_count(data: bytes, limit: int = 1) -> int:
     """Frames PyAV decodes from in-memory bytes (as the scanner reads them), stopping at ``limit``; 0 on error."""
     try:
@@ -244,3 +312,42 @@ def pyav_frame_count(data: bytes, limit: int = 1) -> int:
             return n
     except (av.FFmpegError, ValueError):
         return 0
+
+
+DAMAGE_KINDS = ("bit_flips", "zeroed_run", "spliced_block", "shuffled_blocks", "truncated", "header_bytes")
+
+
+def damage(data: bytes, kind: str, seed: int) -> bytes:
+    """``data`` damaged as archives get damaged, reproducibly: flipped bits, a zeroed run, a block
+    copied over another, two blocks swapped, the end cut off, or bytes of the header overwritten."""
+    rng = np.random.default_rng(seed)
+    out = bytearray(data)
+    size = len(out)
+
+    def offset(block: int = 0) -> int:  # anywhere past the first 5%, so the header usually survives
+        return int(rng.integers(size // 20, size - block))
+
+    if kind == "bit_flips":
+        for position in rng.integers(0, size, 8 + seed % 24):
+            out[position] ^= 1 << int(rng.integers(0, 8))
+    elif kind == "zeroed_run":
+        length = int(rng.integers(512, max(1024, size // 10)))
+        start = offset(length)
+        out[start:start + length] = bytes(length)
+    elif kind == "spliced_block":
+        length = int(rng.integers(1024, 16384))
+        source, target = offset(length), offset(length)
+        out[target:target + length] = data[source:source + length]
+    elif kind == "shuffled_blocks":
+        length = 4096
+        a, b = sorted((offset(length), offset(length)))
+        if b - a >= length:
+            out[a:a + length], out[b:b + length] = data[b:b + length], data[a:a + length]
+    elif kind == "truncated":
+        return bytes(out[: int(size * rng.uniform(0.3, 0.95))])
+    elif kind == "header_bytes":
+        for position in rng.integers(0, min(size, 256), 4):
+            out[position] = int(rng.integers(0, 256))
+    else:
+        raise ValueError(f"unknown damage {kind!r}")
+    return bytes(out)
