@@ -4,7 +4,7 @@
     DEST/inputs.parquet         one row per input: label, group, split, status, crops found
     DEST/dataset.json           counts per split, kind and label, and the settings used
 
-Real crops come from the scan's own read, decode and face stages; pseudo-fakes are
+Real crops come from the scan's own decode and face stages; pseudo-fakes are
 made from the real crops in a second pass, split by split.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The labelled face-crop dataset that ``fakescan prepare`` writes and training reads.
 
 Inputs are labelled videos or photos: ``real/`` and ``fake/`` folders, or a CSV of
-``uri,label[,group][,split]``. They go through the scan's own read, decode and face
+``uri,label[,group][,split]``. They go through the scan's own decode and face
 stages; each face becomes one row of ``crops/`` with a lossless PNG of the crop (JPEG
 would add compression traces of its own to every sample). Splits are assigned per
 group (an identity or a source video), never per frame, so no face leaks from

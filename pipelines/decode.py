@@ -85,12 +85,14 @@ class _Picked:
 
     max_side: int
     size: tuple[int, int] | None = None
+    stored_size: tuple[int, int] = (0, 0)  # the first good frame's, before scaling and rotation
     rotation: int = 0
     arrays: list[np.ndarray] = field(default_factory=list)
     times: list[float] = field(default_factory=list)
 
     def convert(self, frame: av.VideoFrame) -> np.ndarray:
         if self.size is None:
+            self.stored_size = (frame.width, frame.height)
             self.size = scaled_size(frame.width, frame.height, self.max_side)
             self.rotation = int(getattr(frame, "rotation", 0) or 0)
         width, height = self.size
@@ -261,9 +263,8 @@ def sample_frames(source: io.IOBase, config: DecodeConfig) -> tuple[VideoInfo, S
     if not picked.arrays or picked.size is None:
         damage = f" ({errors} damaged packet{'s' if errors != 1 else ''} skipped)" if errors else ""
         raise DecodeError(f"no decodable video frame{damage}")
-    width, height = picked.size[::-1] if abs(picked.rotation) % 180 == 90 else picked.size
-    info = VideoInfo(header[0] or width, header[1] or height, video.n_frames, video.fps, video.duration_s,
-                     picked.rotation)
+    info = VideoInfo(header[0] or picked.stored_size[0], header[1] or picked.stored_size[1], video.n_frames,
+                     video.fps, video.duration_s, picked.rotation)
     fps = video.fps or 25.0
     sampled = SampledFrames(upright(np.stack(picked.arrays), picked.rotation),
                             [round(t * fps) for t in picked.times], picked.times,

@@ -55,6 +55,8 @@ def test_scan_records_its_parameters_and_counts_in_mlflow(tracked_scan):
     assert metrics["videos_scanned"] == 1 and metrics["status_ok"] == 1 and metrics["label_uncertain"] == 1
     assert metrics["faces"] == summary.faces > 0 and metrics["frames"] == 4
     assert metrics["videos_per_s"] > 0 and metrics["stage_faces_busy_s"] > 0
+    assert metrics["bytes_read"] == summary.bytes_read == pd.read_parquet(out / "verdicts")["bytes_read"].sum() > 0
+    assert metrics["videos_damaged"] == 0
 
 
 def test_scan_without_a_tracking_uri_records_nothing_and_says_nothing_of_it(ray_cluster, short_face_video, tmp_path,

@@ -1,4 +1,4 @@
-"""The scan job: list → read → decode → faces → [probes] → score → verdict → [explain] → Parquet.
+"""The scan job: list → decode → faces → [probes] → score → verdict → [explain] → Parquet.
 
 The job owns the config, Ray's start-up, the device plan and the sinks; the stages
 (``pipelines.stages``) know nothing of the CLI. Every listed video yields exactly one verdicts
