@@ -13,7 +13,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -22,6 +22,9 @@ from pipelines.errors import JobFailed
 from pipelines.stages import StageSpec
 
 log = logging.getLogger("fakescan.watchdog")
+# Each question to Ray gets this long: a busy or broken cluster may not answer at all, and the
+# watchdog must still warn and stop on time.
+ASK_TIMEOUT_S = 10.0
 
 
 class JobStalled(JobFailed):
@@ -76,8 +79,10 @@ class StallWatchdog:
         if not ray.is_initialized():  # asking Ray anything would start a cluster of its own
             return self._reserved() or "Ray is not running in this process"
         names = {getattr(stage.fn, "__name__", stage.name): stage.name for stage in self.stages}
-        parts = [part for part in (_pending_demands(), _running_tasks(names), _operators(names),
-                                   self._reserved()) if part]
+        answers = _ask_all(_pending_demands, lambda: _running_tasks(names), lambda: _operators(names))
+        if all(answer is None for answer in answers):
+            answers = [f"Ray did not answer within {ASK_TIMEOUT_S:g} s"]
+        parts = [part for part in (*answers, self._reserved()) if part]
         return "; ".join(parts) or "Ray reports nothing pending: a stage may be stuck in its own work"
 
     def _reserved(self) -> str:
@@ -90,6 +95,24 @@ class StallWatchdog:
             shown.append(f"{stage.name} {count}×{stage.resources.cpus:g} CPU{gpus}" if stage.is_actor
                          else f"{stage.name} {stage.resources.cpus:g} CPU{gpus} a task")
         return "the stages reserve: " + ", ".join(shown)
+
+
+def _ask_all(*questions: Callable[[], str]) -> list[str | None]:
+    """Every question's answer, asked at once; None for one that has not answered within
+    ``ASK_TIMEOUT_S`` (it is left to finish in its own daemon thread)."""
+    answers: list[str | None] = [None] * len(questions)
+
+    def ask(index: int) -> None:
+        answers[index] = questions[index]()
+
+    threads = [threading.Thread(target=ask, args=(i,), daemon=True, name="fakescan-watchdog-ask")
+               for i in range(len(questions))]
+    deadline = time.monotonic() + ASK_TIMEOUT_S
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return list(answers)
 
 
 def _pending_demands() -> str:

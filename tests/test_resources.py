@@ -74,7 +74,7 @@ def test_the_watchdog_says_what_is_stuck_and_stops_the_loop_it_watches(capsys):
     with pytest.raises(KeyboardInterrupt), StallWatchdog(warn_after_s=0.5, stop_after_s=1.5, poll_s=0.1) as watchdog:
         for _ in range(rows_before_the_stall):
             watchdog.progress(1)
-        threading.Event().wait(30)  # a loop that never gets its next row
+        threading.Event().wait(90)  # a loop that never gets its next row; each diagnosis takes ≤ 10 s
     assert watchdog.rows == rows_before_the_stall
     assert watchdog.stalled and watchdog.stalled.startswith("no video finished for")
     lines = capsys.readouterr().err.strip().splitlines()
