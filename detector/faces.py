@@ -23,11 +23,18 @@ MTCNN_WINDOW = 12
 
 @dataclass(frozen=True)
 class FaceCropConfig:
-    detect_long_side: int = 640
-    # At a frame detect_long_side long (20 px there is about 40 px in a 1280-wide frame). A
+    detect_long_side: int = 480  # bench/face_recall.py: recall 1.0 against the reference at half the cost of 640
+    # At a frame detect_long_side long (20 px there is about 53 px in a 1280-wide frame). A
     # smaller frame is detected at its own size with this scaled down in proportion, so the
     # smallest face found is the same share of the frame at every resolution.
     min_face_size: int = 20
+    # The step between the image pyramid's scales: MTCNN's own 0.709 runs P-Net on about half
+    # again as many scales as 0.6 (bench/face_recall.py measures what each finds and costs).
+    scale_factor: float = 0.6
+    # A video with no face at detect_long_side is detected once more with its frames this long
+    # (the decoded frames' own size at most), which finds faces half the size: small faces cost
+    # that second pass only in the videos that need it. None: no second pass.
+    fallback_long_side: int | None = 1280
     min_prob: float = 0.90
     # Context around the box on every side, as a fraction of the box's longer side.
     margin: float = 0.2
@@ -37,8 +44,8 @@ class FaceCropConfig:
     # same detection size) keep it busy.
     detect_batch_size: int = 32
 
-    def detection_size(self, height: int, width: int) -> tuple[int, int]:
-        scale = min(1.0, self.detect_long_side / max(height, width))
+    def detection_size(self, height: int, width: int, long_side: int | None = None) -> tuple[int, int]:
+        scale = min(1.0, (long_side or self.detect_long_side) / max(height, width))
         return max(1, round(height * scale)), max(1, round(width * scale))
 
     def min_face_at(self, long_side: int) -> int:
@@ -112,11 +119,12 @@ class FaceCropper:
     def __init__(self, config: FaceCropConfig = FaceCropConfig(), device: str = "cpu") -> None:
         self.config = config
         self.device = torch.device(device)
-        self.mtcnn = MTCNN(keep_all=True, min_face_size=config.min_face_size, post_process=False, device=self.device)
+        self.mtcnn = MTCNN(keep_all=True, min_face_size=config.min_face_size, factor=config.scale_factor,
+                           post_process=False, device=self.device)
 
-    def detection_frames(self, frames: np.ndarray) -> np.ndarray | torch.Tensor:
+    def detection_frames(self, frames: np.ndarray, long_side: int | None = None) -> np.ndarray | torch.Tensor:
         """The frames at detection size: on a GPU, a float tensor resized there."""
-        height, width = self.config.detection_size(*frames.shape[1:3])
+        height, width = self.config.detection_size(frames.shape[1], frames.shape[2], long_side)
         if self.device.type == "cuda":
             return resize_pixels(upload_frames(frames, self.device), height, width)
         return resize_frames(frames, height, width)
@@ -138,12 +146,25 @@ class FaceCropper:
         return found
 
     def detect_many(self, videos: list[np.ndarray]) -> list[list[Detections]]:
-        """Every frame's detections in full-resolution pixels, per video. Frames of videos that
-        share a detection size share MTCNN batches of up to ``detect_batch_size`` frames."""
+        """Every frame's detections in full-resolution pixels, per video: at ``detect_long_side``,
+        then at ``fallback_long_side`` for the videos where that found no face."""
+        found = self._detect_at(videos, self.config.detect_long_side)
+        fallback = self.config.fallback_long_side
+        if fallback and fallback > self.config.detect_long_side:
+            faceless = [i for i, (frames, detections) in enumerate(zip(videos, found))
+                        if len(frames) and max(frames.shape[1:3]) > self.config.detect_long_side
+                        and not any(len(boxes) for boxes, _, _ in detections)]
+            for i, detections in zip(faceless, self._detect_at([videos[i] for i in faceless], fallback)):
+                found[i] = detections
+        return found
+
+    def _detect_at(self, videos: list[np.ndarray], long_side: int) -> list[list[Detections]]:
+        """Frames of videos that share a detection size share MTCNN batches of up to
+        ``detect_batch_size`` frames."""
         groups: dict[tuple[int, int], list[tuple[int, np.ndarray | torch.Tensor]]] = {}
         for index, frames in enumerate(videos):
             if len(frames):
-                small = self.detection_frames(frames)
+                small = self.detection_frames(frames, long_side)
                 groups.setdefault(tuple(small.shape[1:3]), []).append((index, small))
         in_small: list[list[Detections]] = [[] for _ in videos]
         step = self.config.detect_batch_size
@@ -161,7 +182,7 @@ class FaceCropper:
             if not len(frames):
                 found.append([])
                 continue
-            height, width = self.config.detection_size(*frames.shape[1:3])
+            height, width = self.config.detection_size(frames.shape[1], frames.shape[2], long_side)
             to_full = np.array([frames.shape[2] / width, frames.shape[1] / height], np.float32)
             found.append([((boxes.reshape(-1, 2, 2) * to_full).reshape(-1, 4), probs, points * to_full)
                           for boxes, probs, points in detections])

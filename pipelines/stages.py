@@ -126,7 +126,7 @@ class ScanSettings:
     run_id: str
     frames: int = 32
     max_side: int = 1280
-    detect_long_side: int = 640
+    detect_long_side: int = 480
     storage_options: Mapping[str, Any] = field(default_factory=dict)  # of the source
     probes: tuple[str, ...] = ()
     aggregation: str = "max_face_mean"

@@ -50,7 +50,7 @@ class ScanConfig:
     limit: int | None = None
     aggregation: str = "max_face_mean"
     max_side: int = 1280
-    detect_long_side: int = 640
+    detect_long_side: int = 480
     rows_per_file: int = 1000
     flush_seconds: float = 60.0
     gpu: GpuSettings = field(default_factory=GpuSettings)
