@@ -42,9 +42,14 @@ class StallWatchdog:
         self._warned_at: float | None = None
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="fakescan-watchdog", daemon=True)
+        self._previous_handler: Any = None
 
     def __enter__(self) -> StallWatchdog:
         self.last_progress = time.monotonic()
+        if self.stop_after_s is not None and threading.current_thread() is threading.main_thread():
+            # The stop is a SIGINT, which must raise KeyboardInterrupt here: a process started
+            # with SIGINT ignored (a child of a shell or test runner that ignores it) inherits that.
+            self._previous_handler = signal.signal(signal.SIGINT, signal.default_int_handler)
         self._thread.start()
         return self
 
@@ -52,6 +57,8 @@ class StallWatchdog:
                  traceback: TracebackType | None) -> None:
         self._done.set()
         self._thread.join(timeout=5)
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGINT, self._previous_handler)
 
     def progress(self, rows: int) -> None:
         self.rows += rows

@@ -3,6 +3,7 @@ on, or the job refuses at once in one line; and a scan that stops making progres
 from __future__ import annotations
 
 import itertools
+import signal
 import threading
 import time
 
@@ -79,6 +80,18 @@ def test_the_watchdog_says_what_is_stuck_and_stops_the_loop_it_watches(capsys):
     assert watchdog.stalled and watchdog.stalled.startswith("no video finished for")
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("fakescan: warning: no video finished for")
+
+
+def test_the_watchdog_stops_a_job_started_with_sigint_ignored():
+    """A job started in the background by a non-interactive shell (``cmd &``, nohup) inherits
+    SIGINT ignored; the watchdog's stop must still reach its loop."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with pytest.raises(KeyboardInterrupt), StallWatchdog(warn_after_s=0.5, stop_after_s=1.0, poll_s=0.1):
+            threading.Event().wait(60)
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN  # the job's own handling comes back
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_the_watchdog_stays_quiet_while_rows_keep_coming(capsys):

@@ -301,14 +301,17 @@ def deploy(config: ServeConfig) -> str:
 def serve_until_stopped(config: ServeConfig, on_ready: Callable[[str], None]) -> None:
     """Deploy, call ``on_ready(url)``, block until SIGINT or SIGTERM, then shut the app down.
     A signal during start-up (KeyboardInterrupt, or Ray's own SIGTERM exit) removes it too."""
+    previous: dict[signal.Signals, Any] = {}
     try:
         url = deploy(config)
         stop = threading.Event()
         # After ray.init, which installs a SIGTERM handler of its own.
         for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
+            previous[sig] = signal.signal(sig, lambda *_: stop.set())
         on_ready(url)
         while not stop.wait(1.0):
             pass
     finally:
         shut_down()
+        for sig, handler in previous.items():  # a caller in the same process gets its own back
+            signal.signal(sig, handler)
