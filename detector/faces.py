@@ -9,6 +9,7 @@ MTCNN's weights ship inside the facenet-pytorch wheel: nothing is downloaded.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import cast
 
@@ -66,9 +67,12 @@ class FaceCrop:
 def upload_frames(frames: np.ndarray, device: str | torch.device) -> torch.Tensor:
     """(N, H, W, 3) uint8 frames as a tensor on ``device``: on a GPU through pinned memory, as
     uint8 (a quarter of float's bytes), without blocking the host."""
-    # Arrow hands over read-only views; torch wants a writable buffer.
-    frames = np.ascontiguousarray(frames) if frames.flags.writeable else np.array(frames)
-    x = torch.from_numpy(frames)
+    frames = np.ascontiguousarray(frames)
+    with warnings.catch_warnings():
+        # Arrow hands over read-only views. Nothing writes to this tensor: every use of it here
+        # (a cast to float, a pinned copy) makes a new one, so the frames are not copied first.
+        warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+        x = torch.from_numpy(frames)
     if torch.device(device).type == "cuda":
         return x.pin_memory().to(device, non_blocking=True)
     return x

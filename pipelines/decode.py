@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipelines.errors import VideoError
-from pipelines.rows import DECODED_SCHEMA, mark_error, one_line, pack_array, to_table
+from pipelines.rows import DECODED_SCHEMA, mark_error, one_line, to_table
 from pipelines.sources import ReadError, open_video
 
 # Demux failures in a row after which the rest of the file is taken as unreadable.
@@ -289,7 +289,7 @@ def _decode(row: dict, config: DecodeConfig, storage_options: dict, data: bytes 
         row["bytes_read"], row["t_read_s"] = file.bytes_read, file.read_seconds
     if file.error is not None:
         raise file.error
-    row["frames"], row["frame_shape"] = pack_array(sampled.frames)
+    row["frames"], row["frame_shape"] = sampled.frames, list(sampled.frames.shape)
     row.update(decoder=sampled.decoder, video_width=info.width, video_height=info.height, video_fps=info.fps,
                video_duration_s=info.duration_s, rotation=info.rotation, frame_numbers=sampled.frame_numbers,
                timestamps_s=sampled.timestamps_s, frames_decoded=sampled.frames_decoded,
@@ -312,4 +312,4 @@ def decode_videos(batch: pa.Table, config: DecodeConfig, storage_options: dict) 
         except Exception as exc:  # noqa: BLE001 - every failure becomes that video's verdict
             mark_error(row, "read" if isinstance(exc, ReadError) else "decode", one_line(exc))
         row["t_decode_s"] = max(0.0, time.perf_counter() - started - (row.get("t_read_s") or 0.0))
-    return to_table(rows, DECODED_SCHEMA)
+    return to_table(rows, DECODED_SCHEMA, arrays={"frames": [row.pop("frames", None) for row in rows]})

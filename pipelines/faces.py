@@ -13,7 +13,7 @@ import pyarrow as pa
 from detector.device import resolve_device
 from detector.faces import FaceCrop, FaceCropConfig, FaceCropper, resize_frames
 from pipelines.inference import run_batched
-from pipelines.rows import FACES_SCHEMA, pack_array, to_table, unpack_array
+from pipelines.rows import FACES_SCHEMA, pack_array, to_rows, to_table, unpack_array
 
 
 @dataclass(frozen=True)
@@ -58,9 +58,15 @@ class CropFaces:
             row["status"] = "no_face"
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = batch.to_pylist()
-        # The full frames go no further than this stage, whatever a row's status.
-        frames = {id(row): (row.pop("frames", None), row.pop("frame_shape", None)) for row in rows}
-        run_batched(rows, "faces", lambda row: unpack_array(*frames[id(row)]), self.find_faces, self.store,
-                    cost=len)
+        # The full frames are read in place, and go no further than this stage.
+        rows, arrays = to_rows(batch, "frames")
+        frames = {id(row): (view, row.pop("frame_shape", None)) for row, view in zip(rows, arrays["frames"])}
+
+        def load(row: dict) -> np.ndarray:
+            view, shape = frames[id(row)]
+            if view is None:
+                raise ValueError("the decode stage passed on no frames")
+            return unpack_array(view, shape)
+
+        run_batched(rows, "faces", load, self.find_faces, self.store, cost=len)
         return to_table(rows, FACES_SCHEMA)

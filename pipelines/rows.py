@@ -8,7 +8,7 @@ stage that consumes them, which keeps the object store bounded.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -88,8 +88,45 @@ FACES_SCHEMA = pa.schema(BASE + VIDEO + FACES + CROPS + SCENES)
 SCORING_SCHEMA = pa.schema(BASE + VIDEO + FACES + CROPS + SCENES + PROBES + SCORES + ENSEMBLE_SCORES)
 
 
-def to_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
-    return pa.Table.from_pylist([{f.name: row.get(f.name) for f in schema} for row in rows], schema=schema)
+def to_table(rows: list[dict[str, Any]], schema: pa.Schema,
+             arrays: Mapping[str, Sequence[np.ndarray | None]] | None = None) -> pa.Table:
+    """``rows`` as a table of ``schema``; ``arrays`` gives large_binary columns as uint8 arrays,
+    one per row, which Arrow wraps instead of copying (frames are tens of MB a video)."""
+    arrays = arrays or {}
+    table = pa.Table.from_pylist([{f.name: None if f.name in arrays else row.get(f.name) for f in schema}
+                                  for row in rows], schema=schema)
+    for name, values in arrays.items():
+        table = table.set_column(schema.get_field_index(name), schema.field(name), binary_column(values))
+    return table
+
+
+def to_rows(batch: pa.Table, *array_columns: str) -> tuple[list[dict[str, Any]], dict[str, list[np.ndarray | None]]]:
+    """The batch's rows as dicts, less ``array_columns``, which come apart as uint8 views over
+    Arrow's memory: read-only, and not copied into Python bytes."""
+    rows = batch.drop_columns(list(array_columns)).to_pylist()
+    return rows, {name: binary_views(batch[name]) for name in array_columns}
+
+
+def binary_column(values: Sequence[np.ndarray | None]) -> pa.Array:
+    """uint8 arrays as one large_binary array; a lone array is wrapped, not copied."""
+    present = [np.ascontiguousarray(v, dtype=np.uint8).reshape(-1) for v in values if v is not None]
+    offsets = np.cumsum([0] + [0 if v is None else v.size for v in values], dtype=np.int64)
+    data = present[0] if len(present) == 1 else np.concatenate(present) if present else np.zeros(0, np.uint8)
+    validity = None if len(present) == len(values) else pa.array([v is not None for v in values]).buffers()[1]
+    return pa.LargeBinaryArray.from_buffers(pa.large_binary(), len(values),
+                                            [validity, pa.py_buffer(offsets), pa.py_buffer(data)])
+
+
+def binary_views(column: pa.ChunkedArray) -> list[np.ndarray | None]:
+    """Each value of a large_binary column as a uint8 array over the column's own buffer."""
+    views: list[np.ndarray | None] = []
+    for chunk in column.chunks:
+        _, offsets_buffer, data_buffer = chunk.buffers()
+        offsets = np.frombuffer(offsets_buffer, np.int64)[chunk.offset : chunk.offset + len(chunk) + 1]
+        data = np.frombuffer(data_buffer, np.uint8) if data_buffer is not None else np.zeros(0, np.uint8)
+        valid = chunk.is_valid().to_pylist()
+        views += [data[offsets[i] : offsets[i + 1]] if valid[i] else None for i in range(len(chunk))]
+    return views
 
 
 def one_line(exc: BaseException, limit: int = 300) -> str:
@@ -122,5 +159,5 @@ def pack_array(array: np.ndarray) -> tuple[bytes, list[int]]:
     return array.tobytes(), list(array.shape)
 
 
-def unpack_array(data: bytes, shape: list[int]) -> np.ndarray:
+def unpack_array(data: bytes | np.ndarray, shape: list[int]) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8).reshape(shape)
