@@ -276,19 +276,15 @@ def _decode(row: dict, config: DecodeConfig, storage_options: dict, data: bytes 
     """Fill ``row`` with its video's sampled frames; raises ``ReadError`` for a fetch that failed
     (PyAV raises it from the call that read, or sees the stream end early) and ``DecodeError``
     for a file with no decodable frame."""
-    file = open_video(row["uri"], row["size_bytes"], storage_options, data)
-    try:
-        if not file.size:
-            raise DecodeError("empty file (0 bytes)")
-        info, sampled = sample_frames(file, config)
-    except Exception as exc:
-        if file.error is not None:
-            raise file.error from exc
-        raise
-    finally:
-        row["bytes_read"], row["t_read_s"] = file.bytes_read, file.read_seconds
-    if file.error is not None:
-        raise file.error
+    with open_video(row["uri"], row["size_bytes"], storage_options, data) as file:
+        try:
+            if not file.size:
+                raise DecodeError("empty file (0 bytes)")
+            info, sampled = sample_frames(file, config)
+        finally:
+            row["bytes_read"], row["t_read_s"] = file.bytes_read, file.read_seconds
+            if file.error is not None:  # a fetch failed: whatever PyAV made of it, that is the cause
+                raise file.error
     row["frames"], row["frame_shape"] = sampled.frames, list(sampled.frames.shape)
     row.update(decoder=sampled.decoder, video_width=info.width, video_height=info.height, video_fps=info.fps,
                video_duration_s=info.duration_s, rotation=info.rotation, frame_numbers=sampled.frame_numbers,

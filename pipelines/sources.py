@@ -11,7 +11,6 @@ import hashlib
 import io
 import os
 import time
-import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -159,20 +158,25 @@ CACHED_BLOCKS = 64
 class ReadError(VideoError):
     """The video's bytes could not be fetched (as opposed to fetched and found broken)."""
 
+    @classmethod
+    def of(cls, exc: OSError) -> ReadError:
+        return cls(f"cannot read the file: {exc.strerror or exc}")
+
 
 class VideoFile(io.RawIOBase):
     """One video, read where it lives through a bounded block cache (fsspec's ``BlockCache``):
     only the blocks a decoder touches are fetched. It counts the bytes fetched and the seconds
     spent fetching them, and keeps the first failed fetch in ``error``: PyAV raises it from the
     call that read, and the file then reads as ended, so nothing is retried against a broken
-    source."""
+    source. Closing it releases what ``release`` holds (a local file's descriptor)."""
 
-    def __init__(self, fetch: Callable[[int, int], bytes], size: int, name: str) -> None:
+    def __init__(self, fetch: Callable[[int, int], bytes], size: int, name: str,
+                 release: Callable[[], None] | None = None) -> None:
         super().__init__()
         self.name, self.size = name, size
         self.bytes_read, self.read_seconds = 0, 0.0
         self.error: ReadError | None = None
-        self._fetch, self._position = fetch, 0
+        self._fetch, self._position, self._release = fetch, 0, release
         self._cache = BlockCache(BLOCK_BYTES, self._timed_fetch, size, maxblocks=CACHED_BLOCKS)
 
     def _timed_fetch(self, start: int, end: int) -> bytes:
@@ -180,7 +184,7 @@ class VideoFile(io.RawIOBase):
         try:
             data = self._fetch(start, min(end, self.size))
         except OSError as exc:
-            self.error = ReadError(f"cannot read the file: {exc.strerror or exc}")
+            self.error = ReadError.of(exc)
             raise self.error from exc
         finally:
             self.read_seconds += time.perf_counter() - started
@@ -209,6 +213,12 @@ class VideoFile(io.RawIOBase):
     def tell(self) -> int:
         return self._position
 
+    def close(self) -> None:
+        if self._release is not None:
+            self._release()
+            self._release = None
+        super().close()
+
 
 def open_video(uri: str, size: int, storage_options: dict[str, Any], data: bytes | None = None) -> VideoFile:
     """``uri`` as a ``VideoFile`` of ``size`` bytes (as listed): an S3 object through range
@@ -222,8 +232,8 @@ def open_video(uri: str, size: int, storage_options: dict[str, Any], data: bytes
     try:
         descriptor = os.open(uri.removeprefix("file://"), os.O_RDONLY)
     except OSError as exc:
-        raise ReadError(f"cannot read the file: {exc.strerror or exc}") from exc
-    video = VideoFile(lambda start, end: os.pread(descriptor, end - start, start), size, uri)
+        raise ReadError.of(exc) from exc
+    video = VideoFile(lambda start, end: os.pread(descriptor, end - start, start), size, uri,
+                      release=lambda: os.close(descriptor))
     video.read_seconds = time.perf_counter() - started
-    weakref.finalize(video, os.close, descriptor)
     return video

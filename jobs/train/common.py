@@ -4,6 +4,7 @@ a Ray Dataset, the TorchTrainer with checkpoints and failure handling, and what 
 from __future__ import annotations
 
 import shutil
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from pipelines.sources import arrow_filesystem_for
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(ABC):
     """The options of every training job; each detector's job adds its own."""
 
     data: str
@@ -45,9 +46,9 @@ class TrainConfig:
     kind = ""  # the detector kind the job trains
 
     @property
+    @abstractmethod
     def run_name(self) -> str:
         """The MLflow run's name (and Ray Train's): each detector's job names its own."""
-        raise NotImplementedError
 
     def check(self) -> None:
         if self.model not in list_detectors(self.kind):

@@ -280,9 +280,9 @@ def remux(source: Path, path: Path, muxer: dict[str, str] | None = None) -> Path
     return path
 
 
-def playable_frames(data: bytes) -> int:
-    """Frames a plain PyAV loop decodes when it skips every packet it cannot decode, as a
-    player does; it stops where demuxing fails."""
+def playable_frames(data: bytes, limit: int | None = None) -> int:
+    """Frames a plain PyAV loop decodes from in-memory bytes when it skips every packet it cannot
+    decode, as a player does; it stops where demuxing fails, or at ``limit`` frames."""
     frames = 0
     try:
         with av.open(io.BytesIO(data)) as container:
@@ -293,25 +293,11 @@ def playable_frames(data: bytes) -> int:
                     frames += len(packet.decode())
                 except av.FFmpegError:
                     continue
+                if limit is not None and frames >= limit:
+                    return limit
     except (av.FFmpegError, ValueError):
         pass
     return frames
-
-
-def pyav_frame_count(data: bytes, limit: int = 1) -> int:
-    """Frames PyAV decodes from in-memory bytes (as the scanner reads them), stopping at ``limit``; 0 on error."""
-    try:
-        with av.open(io.BytesIO(data)) as container:
-            if not container.streams.video:
-                return 0
-            n = 0
-            for _ in container.decode(video=0):
-                n += 1
-                if n >= limit:
-                    break
-            return n
-    except (av.FFmpegError, ValueError):
-        return 0
 
 
 DAMAGE_KINDS = ("bit_flips", "zeroed_run", "spliced_block", "shuffled_blocks", "truncated", "header_bytes")
