@@ -1,145 +1,208 @@
-"""Scan throughput: the Ray pipeline against a plain sequential loop over the same stages.
+"""Scan throughput on one machine: the Ray pipeline against two sequential loops, in one run.
 
-    .venv/bin/python bench/scan_throughput.py --videos 20 --frames 8
+    .venv/bin/python bench/scan_throughput.py                    # 120 mixed clips (bench/mixed_media.py)
+    .venv/bin/python bench/scan_throughput.py --media DIR        # any folder of videos
+    .venv/bin/python bench/scan_throughput.py --pss-scale        # also peak PSS at a tenth of the videos
 
-Both runs use the same stage code (decode → MTCNN → hybrid → verdict) on the same
-videos; the sequential loop handles one video at a time in this process. Prints videos/s,
-frames/s, faces/s, peak RSS (this process plus every Ray worker), the ratio, and each
-stage's standalone rate. Figures are ratios measured in one run: the machines are noisy.
+Three ways to score the same videos with the same hybrid model, alternating for ``--rounds``
+rounds (medians reported; the machines are noisy, so only ratios within one run mean much):
+
+- **plain loop**: what a team writes today (bench/plain_loop.py: decord, MTCNN at its defaults
+  on a half-scale copy, the hybrid, the mean), one video at a time with torch's default threads;
+- **same-code loop**: fakescan's own stages called in order in this process, one video at a
+  time (``InProcessPipeline``); against it, the pipeline shows what overlap alone buys;
+- **pipeline**: ``fakescan scan --detectors hybrid`` on the Ray cluster this process starts
+  once (its start-up is reported apart; the pipeline's own actor start and model load count).
+
+For each: videos/s, frames/s, cores busy (CPU seconds of this process and every Ray process
+over the wall time) and peak PSS. Then each stage's busy seconds per video in the pipeline
+(summed over its actors, from the verdicts' ``t_<stage>_s``) against the same-code loop's.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import os
-import shutil
+import statistics
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.mixed_media import make_mixed_media
+from bench.plain_loop import run_plain_loop
 from jobs.models import resolve_detectors
 from jobs.runtime import init_ray
-from jobs.samples import fetch_sample_media
 from jobs.scan.job import ScanConfig, run_scan
 from pipelines.execution import InProcessPipeline
 from pipelines.sources import list_videos
 from pipelines.stages import ScanSettings, scan_stages
 
 
-class PeakRSS:
-    """Samples the summed PSS of this process and its descendants (Ray workers included).
-    PSS, not RSS: Ray's object store is shared memory mapped by every worker, and summing
-    RSS would count those pages once per process."""
+@dataclass
+class Run:
+    videos: int
+    seconds: float
+    frames: int
+    stage_s: dict[str, float] = field(default_factory=dict)  # busy seconds per stage, over all videos
+    cpu_s: float = 0.0
+    peak_pss: int = 0
+
+
+class ProcessTreeSampler:
+    """Peak summed PSS and CPU seconds of this process and its descendants (Ray's included).
+    PSS, not RSS: Ray's object store is shared memory mapped by every worker, and summing RSS
+    would count those pages once per process."""
 
     def __init__(self, interval: float = 0.5) -> None:
-        self.peak = 0
+        self.peak_pss = 0
+        self._cpu: dict[int, tuple[float, float]] = {}  # pid → (first, last) CPU seconds seen
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
 
-    def _run(self, interval: float) -> None:
+    @property
+    def cpu_s(self) -> float:
+        return sum(last - first for first, last in self._cpu.values())
+
+    def _sample(self) -> None:
         me = psutil.Process()
+        total = 0
+        for proc in [me, *me.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                total += proc.memory_full_info().pss
+                times = proc.cpu_times()
+                used = times.user + times.system
+                self._cpu[proc.pid] = (self._cpu.get(proc.pid, (used, used))[0], used)
+        self.peak_pss = max(self.peak_pss, total)
+
+    def _run(self, interval: float) -> None:
         while not self._stop.is_set():
-            total = 0
-            for proc in [me, *me.children(recursive=True)]:
-                with contextlib.suppress(psutil.Error):
-                    total += proc.memory_full_info().pss
-            self.peak = max(self.peak, total)
+            self._sample()
             time.sleep(interval)
 
-    def __enter__(self) -> PeakRSS:
+    def __enter__(self) -> ProcessTreeSampler:
+        self._sample()
         self._thread.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        self._sample()
 
 
-def make_videos(n: int, folder: Path, cache: Path) -> list[Path]:
-    samples = fetch_sample_media(cache / "samples")
-    faces = [p for p in samples if p.name in ("single_face.mp4", "WolfgangLanger_Pexels.mp4", "face_noface.mov")]
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        src = faces[i % len(faces)]
-        shutil.copy(src, folder / f"video_{i:04d}{src.suffix}")
-    return sorted(folder.iterdir())
+def measured(fn: Callable[[], Run]) -> Run:
+    with ProcessTreeSampler() as sampler:
+        run = fn()
+    run.cpu_s, run.peak_pss = sampler.cpu_s, sampler.peak_pss
+    return run
 
 
-def run_sequential(folder: Path, model: str, frames: int) -> dict[str, float]:
+def plain_loop(folder: Path, model: str, frames: int) -> Run:
+    result = run_plain_loop(sorted(p for p in folder.iterdir() if p.is_file()), model, frames)
+    return Run(result.videos, result.seconds, result.frames)
+
+
+def same_code_loop(folder: Path, model: str, frames: int) -> Run:
     manifest = list_videos(str(folder), {})
     detectors = resolve_detectors(model, None, ("hybrid",))
     pipeline = InProcessPipeline(scan_stages(ScanSettings("bench", frames=frames), detectors))
-    stage_time = {stage.name: 0.0 for stage in pipeline.stages}
-    n_frames = n_faces = 0
-    start = time.perf_counter()
+    stage_s = dict.fromkeys((stage.name for stage in pipeline.stages), 0.0)
+    n_frames = 0
+    started = time.perf_counter()
     for i in range(manifest.num_rows):
         row = manifest.slice(i, 1)
         for stage, run in zip(pipeline.stages, pipeline.callables):
             t0 = time.perf_counter()
             row = run(row)
-            stage_time[stage.name] += time.perf_counter() - t0
-        n_frames += row["n_frames"][0].as_py()
-        n_faces += row["n_faces"][0].as_py()
-    elapsed = time.perf_counter() - start
-    n = manifest.num_rows
-    rates = {f"{k}_videos_per_s": n / v for k, v in stage_time.items() if v > 0}
-    return {"videos": n, "seconds": elapsed, "frames": n_frames, "faces": n_faces, **rates}
+            stage_s[stage.name] += time.perf_counter() - t0
+        n_frames += row["n_frames"][0].as_py() or 0
+    return Run(manifest.num_rows, time.perf_counter() - started, n_frames, stage_s)
 
 
-def run_ray(folder: Path, out: Path, model: str, frames: int) -> dict[str, float]:
-    import pandas as pd
-
-    t0 = time.perf_counter()
-    init_ray()  # cluster start-up is reported apart: a long scan pays it once
-    print(f"ray cluster start: {time.perf_counter() - t0:.1f}s (not counted below)")
-    start = time.perf_counter()
-    summary = run_scan(ScanConfig(str(folder), str(out), model=model, frames=frames, resume=False, progress=False))
-    elapsed = time.perf_counter() - start
-    verdicts = pd.read_parquet(out / "verdicts")
-    return {"videos": summary.scanned, "seconds": elapsed, "frames": int(verdicts["n_frames"].sum()),
-            "faces": int(verdicts["n_faces"].sum())}
+def pipeline(folder: Path, model: str, frames: int) -> Run:
+    with tempfile.TemporaryDirectory(prefix="fakescan-bench-") as out:
+        summary = run_scan(ScanConfig(str(folder), out, model=model, detectors=("hybrid",), frames=frames,
+                                      resume=False, progress=False))
+    stage_s = {name: s.busy_s for name, s in summary.stages.items() if s.videos}
+    return Run(summary.scanned, summary.elapsed_s, summary.frames, stage_s)
 
 
-def report(name: str, r: dict[str, float], rss: int) -> None:
-    s = r["seconds"]
-    print(f"{name:<11} {r['videos']:>4} videos in {s:6.1f}s: {r['videos'] / s:6.2f} videos/s, "
-          f"{r['frames'] / s:7.1f} frames/s, {r['faces'] / s:7.1f} faces/s, peak PSS {rss / 2**30:5.2f} GiB")
+def median_run(runs: Sequence[Run]) -> Run:
+    """The run of median wall time (its own figures, not a mix of runs)."""
+    return sorted(runs, key=lambda r: r.seconds)[(len(runs) - 1) // 2]
+
+
+def report(name: str, runs: Sequence[Run], baseline: Run | None) -> None:
+    r = median_run(runs)
+    ratio = f"{baseline.seconds / r.seconds:5.2f}x" if baseline else "    -"
+    walls = "/".join(f"{x.seconds:.0f}" for x in runs)
+    print(f"| {name} | {r.videos} | {walls} | {r.videos / r.seconds:.3f} | {r.frames / r.seconds:.1f} | "
+          f"{r.cpu_s / r.seconds:.2f} | {r.peak_pss / 2**30:.2f} | {ratio} |")
+
+
+def subset_folder(folder: Path, n: int, into: Path) -> Path:
+    into.mkdir(parents=True, exist_ok=True)
+    for path in sorted(p for p in folder.iterdir() if p.is_file())[:n]:
+        (into / path.name).symlink_to(path)
+    return into
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--videos", type=int, default=20)
-    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--videos", type=int, default=120, help="mixed clips to make and scan (without --media)")
+    parser.add_argument("--media", type=Path, help="scan this folder instead of the mixed clips")
+    parser.add_argument("--frames", type=int, default=32)
     parser.add_argument("--model", default="hybrid_b0")
-    parser.add_argument("--skip-sequential", action="store_true")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--skip-loops", action="store_true", help="run the pipeline only")
+    parser.add_argument("--pss-scale", action="store_true", help="also the pipeline's peak PSS on a tenth of the videos")
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-    work = Path(tempfile.mkdtemp(prefix="fakescan-bench-"))
-    cache = Path(os.environ.get("FAKESCAN_CACHE", Path.home() / ".cache" / "fakescan"))
-    folder = work / "videos"
-    make_videos(args.videos, folder, cache)
-    print(f"{args.videos} videos, {args.frames} frames each, model {args.model}, {os.cpu_count()} cores")
-    seq = None
-    if not args.skip_sequential:
-        with PeakRSS() as rss_seq:
-            seq = run_sequential(folder, args.model, args.frames)
-        report("sequential", seq, rss_seq.peak)
-        print("standalone stage rates (videos/s): " + ", ".join(
-            f"{k.removesuffix('_videos_per_s')} {v:.2f}" for k, v in seq.items() if k.endswith("_per_s")))
-    with PeakRSS() as rss_ray:
-        ray_run = run_ray(folder, work / "out", args.model, args.frames)
-    report("ray", ray_run, rss_ray.peak)
-    if seq:
-        ratio = (ray_run["videos"] / ray_run["seconds"]) / (seq["videos"] / seq["seconds"])
-        print(f"ratio ray/sequential: {ratio:.2f} (Ray includes starting its actors and loading models)")
-    shutil.rmtree(work, ignore_errors=True)
+    folder = args.media or make_mixed_media(args.videos)
+    n = len(list_videos(str(folder), {}))
+    print(f"{n} videos in {folder}, {args.frames} frames each, model {args.model}, {os.cpu_count()} cores, "
+          f"torch threads {torch.get_num_threads()}")
+    started = time.perf_counter()
+    init_ray()
+    print(f"Ray cluster start: {time.perf_counter() - started:.1f} s (once; not counted below)\n")
+    ways: dict[str, Callable[[Path, str, int], Run]] = {"plain loop": plain_loop, "same-code loop": same_code_loop,
+                                                        "pipeline": pipeline}
+    if args.skip_loops:
+        ways = {"pipeline": pipeline}
+    runs: dict[str, list[Run]] = {name: [] for name in ways}
+    for round_ in range(args.rounds):
+        for name, way in ways.items():
+            runs[name].append(measured(lambda way=way: way(folder, args.model, args.frames)))
+            print(f"round {round_ + 1}: {name} {runs[name][-1].seconds:.1f} s", flush=True)
+    baseline = median_run(runs["plain loop"]) if "plain loop" in runs else None
+    print("\n| way | videos | wall s (each round) | videos/s | frames/s | cores busy | peak PSS GiB | × plain loop |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name, way_runs in runs.items():
+        report(name, way_runs, baseline)
+    piped = median_run(runs["pipeline"])
+    loop = median_run(runs["same-code loop"]) if "same-code loop" in runs else None
+    print("\n| stage | pipeline busy s/video (all actors) | same-code loop s/video | pipeline ÷ loop |")
+    print("| --- | --- | --- | --- |")
+    for stage, busy in piped.stage_s.items():
+        alone = loop.stage_s.get(stage, 0.0) / loop.videos if loop else 0.0
+        versus = f"{busy / piped.videos / alone:.2f}" if alone else "-"
+        print(f"| {stage} | {busy / piped.videos:.3f} | {alone:.3f} | {versus} |")
+    if args.pss_scale:
+        with tempfile.TemporaryDirectory() as tmp:
+            small = measured(lambda: pipeline(subset_folder(folder, max(1, n // 10), Path(tmp) / "tenth"),
+                                              args.model, args.frames))
+        print(f"\npeak PSS: {small.peak_pss / 2**30:.2f} GiB for {small.videos} videos, "
+              f"{piped.peak_pss / 2**30:.2f} GiB for {piped.videos} ({piped.peak_pss / small.peak_pss:.2f}x)")
 
 
 if __name__ == "__main__":
