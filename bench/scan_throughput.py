@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import statistics
 import sys
 import tempfile
 import threading
@@ -55,6 +54,7 @@ class Run:
     stage_s: dict[str, float] = field(default_factory=dict)  # busy seconds per stage, over all videos
     cpu_s: float = 0.0
     peak_pss: int = 0
+    busy_by_window: list[float] = field(default_factory=list)
 
 
 class ProcessTreeSampler:
@@ -65,6 +65,8 @@ class ProcessTreeSampler:
     def __init__(self, interval: float = 0.5) -> None:
         self.peak_pss = 0
         self._cpu: dict[int, tuple[float, float]] = {}  # pid → (first, last) CPU seconds seen
+        self.timeline: list[tuple[float, float]] = []  # (seconds since start, CPU seconds so far)
+        self._started = time.perf_counter()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
 
@@ -82,7 +84,16 @@ class ProcessTreeSampler:
                 used = times.user + times.system
                 self._cpu[proc.pid] = (self._cpu.get(proc.pid, (used, used))[0], used)
         self.peak_pss = max(self.peak_pss, total)
+        self.timeline.append((time.perf_counter() - self._started, self.cpu_s))
 
+    def cores_busy_by_window(self, window_s: float = 10.0) -> list[float]:
+        """Cores busy in each ``window_s`` of the run: where a pipeline starts, stalls or trails."""
+        busy, start = [], (0.0, 0.0)
+        for t, cpu in self.timeline:
+            if t - start[0] >= window_s:
+                busy.append((cpu - start[1]) / (t - start[0]))
+                start = (t, cpu)
+        return busy
     def _run(self, interval: float) -> None:
         while not self._stop.is_set():
             self._sample()
@@ -102,7 +113,7 @@ class ProcessTreeSampler:
 def measured(fn: Callable[[], Run]) -> Run:
     with ProcessTreeSampler() as sampler:
         run = fn()
-    run.cpu_s, run.peak_pss = sampler.cpu_s, sampler.peak_pss
+    run.cpu_s, run.peak_pss, run.busy_by_window = sampler.cpu_s, sampler.peak_pss, sampler.cores_busy_by_window()
     return run
 
 
@@ -164,7 +175,9 @@ def main() -> None:
     parser.add_argument("--model", default="hybrid_b0")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--skip-loops", action="store_true", help="run the pipeline only")
-    parser.add_argument("--pss-scale", action="store_true", help="also the pipeline's peak PSS on a tenth of the videos")
+    parser.add_argument("--same-code-once", action="store_true", help="the same-code loop in the first round only")
+    parser.add_argument("--pss-scale", action="store_true",
+                        help="also the pipeline's peak PSS on a tenth of the videos")
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
@@ -182,6 +195,8 @@ def main() -> None:
     runs: dict[str, list[Run]] = {name: [] for name in ways}
     for round_ in range(args.rounds):
         for name, way in ways.items():
+            if name == "same-code loop" and args.same_code_once and round_:
+                continue
             runs[name].append(measured(lambda way=way: way(folder, args.model, args.frames)))
             print(f"round {round_ + 1}: {name} {runs[name][-1].seconds:.1f} s", flush=True)
     baseline = median_run(runs["plain loop"]) if "plain loop" in runs else None
@@ -196,7 +211,8 @@ def main() -> None:
     for stage, busy in piped.stage_s.items():
         alone = loop.stage_s.get(stage, 0.0) / loop.videos if loop else 0.0
         versus = f"{busy / piped.videos / alone:.2f}" if alone else "-"
-        print(f"| {stage} | {busy / piped.videos:.3f} | {alone:.3f} | {versus} |")
+        print(f"| {stage} | {busy / piped.videos:.3f} | {f'{alone:.3f}' if loop else '-'} | {versus} |")
+    print("\npipeline cores busy per 10 s: " + " ".join(f"{b:.1f}" for b in piped.busy_by_window))
     if args.pss_scale:
         with tempfile.TemporaryDirectory() as tmp:
             small = measured(lambda: pipeline(subset_folder(folder, max(1, n // 10), Path(tmp) / "tenth"),

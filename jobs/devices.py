@@ -84,6 +84,11 @@ class DevicePlan:
         return {f"plan_{k}": v for k, v in flat.items()}
 
 
+def threads_for(resources: Resources) -> int:
+    """torch threads for an actor: its CPU reservation, whole (Ray's rule for OMP_NUM_THREADS)."""
+    return max(1, math.floor(resources.cpus + 1e-9))
+
+
 def plan_devices(settings: GpuSettings, frames: int, stages: Sequence[StageSpec], cluster_cpus: float,
                  cluster_gpus: float) -> DevicePlan:
     """The plan for the actor stages of ``stages`` on a cluster with these resources. Without a
@@ -92,11 +97,14 @@ def plan_devices(settings: GpuSettings, frames: int, stages: Sequence[StageSpec]
     actors = [stage for stage in stages if stage.is_actor]
     gpus = int(cluster_gpus)
     if gpus < 1:
-        return DevicePlan(0, "cpu", None, False, False, {
-            stage.name: StagePlan(stage.resources, Pool(1, pool_size(cluster_cpus, stage.resources.cpus,
-                                                                      stage.cpu_share)),
-                                  stage.batch_size, {"device": "cpu"})
-            for stage in actors})
+        cpu_plans = {}
+        for stage in actors:
+            # Every actor from the start: an actor holds its CPUs whether Ray Data has scaled
+            # the pool up to it or not, and a pool that starts at one grows late or never.
+            n = pool_size(cluster_cpus, stage.resources.cpus, stage.cpu_share)
+            cpu_plans[stage.name] = StagePlan(stage.resources, Pool(n, n), stage.batch_size,
+                                              {"device": "cpu", "threads": threads_for(stage.resources)})
+        return DevicePlan(0, "cpu", None, False, False, cpu_plans)
     if settings.gpu_autocast not in AUTOCAST_CHOICES:
         raise OptionError(f"unknown GPU autocast {settings.gpu_autocast!r}; choose from {', '.join(AUTOCAST_CHOICES)}")
     shares = {stage.name: settings.share(stage.name) for stage in actors if settings.share(stage.name)}
@@ -114,17 +122,18 @@ def plan_devices(settings: GpuSettings, frames: int, stages: Sequence[StageSpec]
             # Enough frames per MTCNN call for a full batch, in whole videos.
             videos = max(1, math.ceil(settings.gpu_detect_batch / max(frames, 1)))
             plans["faces"] = StagePlan(replace(stage.resources, gpus=settings.faces_gpus), Pool(n, n), videos,
-                                       {"device": "cuda", "config": config})
+                                       {"device": "cuda", "config": config, "threads": threads_for(stage.resources)})
         elif stage.detector:
             batch = settings.gpu_hybrid_batch if stage.detector == "hybrid" else settings.gpu_ensemble_batch
             plans[stage.name] = StagePlan(replace(stage.resources, gpus=settings.share(stage.name)),
                                           Pool(gpus, gpus), settings.gpu_videos_per_call,
-                                          dict(model, batch_size=batch))
+                                          dict(model, batch_size=batch, threads=threads_for(stage.resources)))
     for stage in actors:
         if stage.name not in plans:  # explain: one actor with the share of the detector it explains
             explained = next((plans[s.name] for s in actors if s.detector == stage.kwargs["spec"].kind), None)
             resources = explained.resources if explained else stage.resources
-            plans[stage.name] = StagePlan(resources, Pool(1, 1), stage.batch_size, {"device": "cuda"})
+            plans[stage.name] = StagePlan(resources, Pool(1, 1), stage.batch_size,
+                                          {"device": "cuda", "threads": threads_for(resources)})
     actors_per_gpu = settings.faces_actors_per_gpu + sum(1 for s in actors if s.detector)
     return DevicePlan(gpus, "cuda", autocast, settings.channels_last, settings.mps and actors_per_gpu > 1, plans)
 

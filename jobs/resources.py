@@ -36,7 +36,7 @@ def reserved_cpus(stages: Sequence[StageSpec], least: bool = False) -> float:
     for stage in stages:
         cpus = stage.resources.least_cpus if least else stage.resources.cpus
         total += cpus * (stage.pool.max_actors if stage.is_actor and stage.pool else 1)
-    return total
+    return round(total, RAY_RESOURCE_DIGITS)  # as Ray sums them: in fixed point, not in binary fractions
 
 
 def describe(stages: Sequence[StageSpec], least: bool = False) -> str:

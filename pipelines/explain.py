@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from detector.device import resolve_device
+from detector.device import resolve_device, use_threads
 from detector.explain import explain, heatmap_png
 from detector.factory import DetectorSpec
 from detector.hybrid import preprocess_crops
@@ -37,7 +37,8 @@ class ExplainFaces:
 
     def __init__(self, spec: DetectorSpec, weights: Any, out: str, storage_options: dict[str, Any],
                  labels: tuple[str, ...] = ("fake",), max_faces: int = 4, top_k: int = 16,
-                 device: str | None = None) -> None:
+                 device: str | None = None, threads: int | None = None) -> None:
+        use_threads(threads)
         self.device = resolve_device(device)
         self.model, info = load_detector(spec, weights, self.device)
         self.img_size = info.img_size

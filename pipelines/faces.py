@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from detector.device import resolve_device
+from detector.device import resolve_device, use_threads
 from detector.faces import FaceCrop, FaceCropConfig, FaceCropper, resize_frames
 from pipelines.inference import run_batched
 from pipelines.rows import FACES_SCHEMA, pack_array, to_rows, to_table, unpack_array
@@ -26,7 +26,9 @@ class CropFaces:
     """``scene_size`` also keeps every sampled frame, squashed to that square size, for the
     ensemble's Global Texture stream; the full frames themselves go no further."""
 
-    def __init__(self, config: FaceCropConfig, device: str | None = None, scene_size: int | None = None) -> None:
+    def __init__(self, config: FaceCropConfig, device: str | None = None, scene_size: int | None = None,
+                 threads: int | None = None) -> None:
+        use_threads(threads)
         self.device = resolve_device(device)
         self.cropper = FaceCropper(config, device=self.device)
         self.crop_size = config.crop_size

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from detector.device import resolve_device
+from detector.device import resolve_device, use_threads
 from detector.faces import upload_frames
 from detector.factory import DetectorInfo, DetectorSpec, create_detector
 from detector.hybrid import preprocess_crops
@@ -90,7 +90,8 @@ class ModelStage:
     with the calibration that travels with each row it scores, for the verdict."""
 
     def __init__(self, spec: DetectorSpec, weights: Any = None, batch_size: int = 64, device: str | None = None,
-                 autocast: str | None = None, channels_last: bool = False) -> None:
+                 autocast: str | None = None, channels_last: bool = False, threads: int | None = None) -> None:
+        use_threads(threads)
         self.settings = InferenceSettings.for_device(device, batch_size, autocast, channels_last)
         model, self.info = load_detector(spec, weights, self.settings.device)
         self.model = self.settings.prepare(model)

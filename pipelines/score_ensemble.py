@@ -32,8 +32,8 @@ class VideoInputs:
 
 class ScoreEnsemble(ModelStage):
     def __init__(self, spec: DetectorSpec, weights: Any = None, batch_size: int = 32, device: str | None = None,
-                 autocast: str | None = None, channels_last: bool = False) -> None:
-        super().__init__(spec, weights, batch_size, device, autocast, channels_last)
+                 autocast: str | None = None, channels_last: bool = False, threads: int | None = None) -> None:
+        super().__init__(spec, weights, batch_size, device, autocast, channels_last, threads)
         if not isinstance(self.model, EnsembleDetector):  # the ensemble stage's spec always has kind "ensemble"
             raise SpecError(f"{spec.source} holds a {self.info.kind} detector, not an ensemble")
         self.ensemble: EnsembleDetector = self.model

@@ -45,13 +45,12 @@ def clip(tmp_path_factory: pytest.TempPathFactory, short_face_video: Path) -> Pa
     return folder
 
 
-def test_a_scan_with_every_stage_is_refused_naming_the_shortfall(one_cpu, clip, tmp_path):
-    line = one_error_line(fakescan_on(one_cpu, "scan", str(clip), "--out", str(tmp_path / "out"), "--model",
-                                      "hybrid_tiny", "--ensemble-model", "ensemble_tiny", "--probes", "jpeg50",
-                                      "--explain", "--frames", "2", "--no-progress"))
-    assert "the scan needs at least" in line and "and the cluster has 1" in line
-    assert all(stage in line for stage in ("faces", "score", "ensemble", "explain", "decode", "probes"))
-    assert not (tmp_path / "out" / "verdicts").exists() or not list((tmp_path / "out" / "verdicts").iterdir())
+def test_a_scan_with_every_stage_fits_one_cpu_and_finishes(one_cpu, clip, tmp_path):
+    result = fakescan_on(one_cpu, "scan", str(clip), "--out", str(tmp_path / "out"), "--model", "hybrid_tiny",
+                         "--ensemble-model", "ensemble_tiny", "--probes", "jpeg50", "--explain", "--frames", "2",
+                         "--no-progress", "--stall-timeout", "300")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert pd.read_parquet(tmp_path / "out" / "verdicts")["status"].tolist() == ["ok"]
 
 
 def test_a_scan_with_one_detector_fits_and_finishes(one_cpu, clip, tmp_path):
