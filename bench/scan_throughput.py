@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -181,7 +182,9 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-    folder = args.media or make_mixed_media(args.videos)
+    work = Path(tempfile.mkdtemp(prefix="fakescan-bench-"))
+    # The cache may hold more clips than asked for: the first --videos of them, as links.
+    folder = args.media or subset_folder(make_mixed_media(args.videos), args.videos, work / "videos")
     n = len(list_videos(str(folder), {}))
     print(f"{n} videos in {folder}, {args.frames} frames each, model {args.model}, {os.cpu_count()} cores, "
           f"torch threads {torch.get_num_threads()}")
@@ -214,11 +217,11 @@ def main() -> None:
         print(f"| {stage} | {busy / piped.videos:.3f} | {f'{alone:.3f}' if loop else '-'} | {versus} |")
     print("\npipeline cores busy per 10 s: " + " ".join(f"{b:.1f}" for b in piped.busy_by_window))
     if args.pss_scale:
-        with tempfile.TemporaryDirectory() as tmp:
-            small = measured(lambda: pipeline(subset_folder(folder, max(1, n // 10), Path(tmp) / "tenth"),
-                                              args.model, args.frames))
+        tenth = subset_folder(folder, max(1, n // 10), work / "tenth")
+        small = measured(lambda: pipeline(tenth, args.model, args.frames))
         print(f"\npeak PSS: {small.peak_pss / 2**30:.2f} GiB for {small.videos} videos, "
               f"{piped.peak_pss / 2**30:.2f} GiB for {piped.videos} ({piped.peak_pss / small.peak_pss:.2f}x)")
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
