@@ -56,16 +56,31 @@ class Run:
     cpu_s: float = 0.0
     peak_pss: int = 0
     busy_by_window: list[float] = field(default_factory=list)
+    cpu_by_kind: dict[str, float] = field(default_factory=dict)
+
+
+def process_kind(proc: psutil.Process) -> str:
+    """What a process is: Ray titles its workers ``ray::<what they run>``."""
+    words = proc.cmdline() or [proc.name()]
+    if words[0].startswith("ray::"):
+        return "ray:" + words[0].split(".")[0].removeprefix("ray::")
+    if proc.pid == os.getpid():
+        return "driver (this process)"
+    return next((Path(w).name for w in words if not Path(w).name.startswith("python")), proc.name())
 
 
 class ProcessTreeSampler:
     """Peak summed PSS and CPU seconds of this process and its descendants (Ray's included).
     PSS, not RSS: Ray's object store is shared memory mapped by every worker, and summing RSS
-    would count those pages once per process."""
+    would count those pages once per process. PSS is read every ``pss_every``-th sample only:
+    it walks every mapping of every process, and every 0.5 s over a Ray cluster's 30 processes
+    that took a tenth of a core from the pipeline it measured."""
 
-    def __init__(self, interval: float = 0.5) -> None:
+    def __init__(self, interval: float = 1.0, pss_every: int = 5) -> None:
+        self._pss_every, self._samples = pss_every, 0
         self.peak_pss = 0
         self._cpu: dict[int, tuple[float, float]] = {}  # pid → (first, last) CPU seconds seen
+        self._names: dict[int, str] = {}
         self.timeline: list[tuple[float, float]] = []  # (seconds since start, CPU seconds so far)
         self._started = time.perf_counter()
         self._stop = threading.Event()
@@ -77,15 +92,26 @@ class ProcessTreeSampler:
 
     def _sample(self) -> None:
         me = psutil.Process()
-        total = 0
+        total, with_pss = 0, self._samples % self._pss_every == 0
+        self._samples += 1
         for proc in [me, *me.children(recursive=True)]:
             with contextlib.suppress(psutil.Error):
-                total += proc.memory_full_info().pss
+                if with_pss:
+                    total += proc.memory_full_info().pss
                 times = proc.cpu_times()
                 used = times.user + times.system
                 self._cpu[proc.pid] = (self._cpu.get(proc.pid, (used, used))[0], used)
+                if not self._names.get(proc.pid, "").startswith("ray:"):  # a worker takes its title late
+                    self._names[proc.pid] = process_kind(proc)
         self.peak_pss = max(self.peak_pss, total)
         self.timeline.append((time.perf_counter() - self._started, self.cpu_s))
+
+    def cpu_by_kind(self) -> dict[str, float]:
+        """CPU seconds per kind of process (a stage's actors, Ray's daemons, this driver)."""
+        kinds: dict[str, float] = {}
+        for pid, (first, last) in self._cpu.items():
+            kinds[self._names[pid]] = kinds.get(self._names[pid], 0.0) + last - first
+        return dict(sorted(kinds.items(), key=lambda kv: -kv[1]))
 
     def cores_busy_by_window(self, window_s: float = 10.0) -> list[float]:
         """Cores busy in each ``window_s`` of the run: where a pipeline starts, stalls or trails."""
@@ -95,6 +121,7 @@ class ProcessTreeSampler:
                 busy.append((cpu - start[1]) / (t - start[0]))
                 start = (t, cpu)
         return busy
+
     def _run(self, interval: float) -> None:
         while not self._stop.is_set():
             self._sample()
@@ -115,6 +142,7 @@ def measured(fn: Callable[[], Run]) -> Run:
     with ProcessTreeSampler() as sampler:
         run = fn()
     run.cpu_s, run.peak_pss, run.busy_by_window = sampler.cpu_s, sampler.peak_pss, sampler.cores_busy_by_window()
+    run.cpu_by_kind = sampler.cpu_by_kind()
     return run
 
 
@@ -158,7 +186,7 @@ def report(name: str, runs: Sequence[Run], baseline: Run | None) -> None:
     ratio = f"{baseline.seconds / r.seconds:5.2f}x" if baseline else "    -"
     walls = "/".join(f"{x.seconds:.0f}" for x in runs)
     print(f"| {name} | {r.videos} | {walls} | {r.videos / r.seconds:.3f} | {r.frames / r.seconds:.1f} | "
-          f"{r.cpu_s / r.seconds:.2f} | {r.peak_pss / 2**30:.2f} | {ratio} |")
+          f"{r.cpu_s / r.seconds:.2f} | {r.cpu_s / r.videos:.2f} | {r.peak_pss / 2**30:.2f} | {ratio} |")
 
 
 def subset_folder(folder: Path, n: int, into: Path) -> Path:
@@ -176,7 +204,7 @@ def main() -> None:
     parser.add_argument("--model", default="hybrid_b0")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--skip-loops", action="store_true", help="run the pipeline only")
-    parser.add_argument("--same-code-once", action="store_true", help="the same-code loop in the first round only")
+    parser.add_argument("--same-code-rounds", type=int, help="rounds with the same-code loop (default: every round)")
     parser.add_argument("--pss-scale", action="store_true",
                         help="also the pipeline's peak PSS on a tenth of the videos")
     args = parser.parse_args()
@@ -195,16 +223,19 @@ def main() -> None:
                                                         "pipeline": pipeline}
     if args.skip_loops:
         ways = {"pipeline": pipeline}
+    if args.same_code_rounds == 0:
+        ways.pop("same-code loop", None)
     runs: dict[str, list[Run]] = {name: [] for name in ways}
     for round_ in range(args.rounds):
         for name, way in ways.items():
-            if name == "same-code loop" and args.same_code_once and round_:
+            if name == "same-code loop" and args.same_code_rounds is not None and round_ >= args.same_code_rounds:
                 continue
             runs[name].append(measured(lambda way=way: way(folder, args.model, args.frames)))
             print(f"round {round_ + 1}: {name} {runs[name][-1].seconds:.1f} s", flush=True)
     baseline = median_run(runs["plain loop"]) if "plain loop" in runs else None
-    print("\n| way | videos | wall s (each round) | videos/s | frames/s | cores busy | peak PSS GiB | × plain loop |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("\n| way | videos | wall s (each round) | videos/s | frames/s | cores busy | CPU s/video | peak PSS GiB "
+          "| × plain loop |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, way_runs in runs.items():
         report(name, way_runs, baseline)
     piped = median_run(runs["pipeline"])
@@ -216,6 +247,8 @@ def main() -> None:
         versus = f"{busy / piped.videos / alone:.2f}" if alone else "-"
         print(f"| {stage} | {busy / piped.videos:.3f} | {f'{alone:.3f}' if loop else '-'} | {versus} |")
     print("\npipeline cores busy per 10 s: " + " ".join(f"{b:.1f}" for b in piped.busy_by_window))
+    print("pipeline CPU seconds per video, by process: " + ", ".join(
+        f"{kind} {cpu / piped.videos:.2f}" for kind, cpu in piped.cpu_by_kind.items() if cpu / piped.videos >= 0.01))
     if args.pss_scale:
         tenth = subset_folder(folder, max(1, n // 10), work / "tenth")
         small = measured(lambda: pipeline(tenth, args.model, args.frames))

@@ -37,6 +37,10 @@ class FaceCropConfig:
     # (the decoded frames' own size at most), which finds faces half the size: small faces cost
     # that second pass only in the videos that need it. None: no second pass.
     fallback_long_side: int | None = 1280
+    # The second pass first looks at this many evenly spaced frames, and at the rest only when
+    # it finds a face there: a video with no face at all (most of those the first pass finds
+    # nothing in) costs a quarter of a full pass at 32 frames.
+    fallback_probe_frames: int = 8
     min_prob: float = 0.90
     # Context around the box on every side, as a fraction of the box's longer side.
     margin: float = 0.2
@@ -126,6 +130,11 @@ def cut_square(frame: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
 Detections = tuple[np.ndarray, np.ndarray, np.ndarray]  # one frame's boxes (k, 4), probs (k,), points (k, 5, 2)
 
 
+def evenly_spaced(n_total: int, n: int) -> np.ndarray:
+    """Indices of the centres of ``n`` equal segments of ``n_total`` (all of them when ``n`` ≥ ``n_total``)."""
+    return np.unique(((np.arange(min(n, n_total)) + 0.5) * n_total / max(min(n, n_total), 1)).astype(int))
+
+
 class FaceCropper:
     """Finds every face in batches of frames and returns aligned square crops."""
 
@@ -167,7 +176,10 @@ class FaceCropper:
             faceless = [i for i, (frames, detections) in enumerate(zip(videos, found))
                         if len(frames) and max(frames.shape[1:3]) > self.config.detect_long_side
                         and not any(len(boxes) for boxes, _, _ in detections)]
-            for i, detections in zip(faceless, self._detect_at([videos[i] for i in faceless], fallback)):
+            probes = [evenly_spaced(len(videos[i]), self.config.fallback_probe_frames) for i in faceless]
+            probed = self._detect_at([videos[i][picks] for i, picks in zip(faceless, probes)], fallback)
+            with_face = [i for i, detections in zip(faceless, probed) if any(len(b) for b, _, _ in detections)]
+            for i, detections in zip(with_face, self._detect_at([videos[i] for i in with_face], fallback)):
                 found[i] = detections
         return found
 

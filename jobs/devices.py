@@ -22,6 +22,7 @@ from typing import Any
 
 from jobs.runtime import pool_size, warn
 from pipelines.errors import OptionError
+from pipelines.execution import chain_stages
 from pipelines.stages import Pool, Resources, StageSpec
 
 MPS_CONTROL = "nvidia-cuda-mps-control"
@@ -66,6 +67,9 @@ class DevicePlan:
     channels_last: bool
     mps: bool  # start CUDA MPS for the scan: several actors share a GPU
     stages: Mapping[str, StagePlan]  # per actor stage
+    # On a CPU cluster: this many actors (one per CPU) each run the stages from decode through
+    # the last model stage in turn (``pipelines.execution.chain_stages``); 0 for separate pools.
+    chained_actors: int = 0
 
     def apply(self, stages: Sequence[StageSpec]) -> list[StageSpec]:
         """The stages with this plan's resources, pools, batches and device arguments."""
@@ -74,13 +78,14 @@ class DevicePlan:
             plan = self.stages.get(stage.name)
             planned.append(stage if plan is None else replace(
                 stage, resources=plan.resources, pool=plan.pool, batch_size=plan.batch_size).bind(**plan.kwargs))
-        return planned
+        return chain_stages(planned, self.chained_actors) if self.chained_actors else planned
 
     def params(self) -> dict[str, Any]:
         """Flat, prefixed ``plan_`` (beside the config's own fields), for MLflow; each stage's own
         figures are ``jobs.resources.stage_params``."""
         flat: dict[str, Any] = {"gpus": self.gpus, "device": self.device, "autocast": self.autocast or "off",
-                                "channels_last": self.channels_last, "mps": self.mps}
+                                "channels_last": self.channels_last, "mps": self.mps,
+                                "chained_actors": self.chained_actors}
         return {f"plan_{k}": v for k, v in flat.items()}
 
 
@@ -104,7 +109,7 @@ def plan_devices(settings: GpuSettings, frames: int, stages: Sequence[StageSpec]
             n = pool_size(cluster_cpus, stage.resources.cpus, stage.cpu_share)
             cpu_plans[stage.name] = StagePlan(stage.resources, Pool(n, n), stage.batch_size,
                                               {"device": "cpu", "threads": threads_for(stage.resources)})
-        return DevicePlan(0, "cpu", None, False, False, cpu_plans)
+        return DevicePlan(0, "cpu", None, False, False, cpu_plans, chained_actors=max(1, int(cluster_cpus)))
     if settings.gpu_autocast not in AUTOCAST_CHOICES:
         raise OptionError(f"unknown GPU autocast {settings.gpu_autocast!r}; choose from {', '.join(AUTOCAST_CHOICES)}")
     shares = {stage.name: settings.share(stage.name) for stage in actors if settings.share(stage.name)}

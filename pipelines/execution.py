@@ -11,13 +11,15 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from pipelines.stages import Batch, Pool, StageSpec
+from pipelines.stages import Batch, Pool, Resources, StageSpec
 
 if TYPE_CHECKING:
     import ray.data
 
 # Rows per input block: small enough that a large archive starts streaming at once.
 MAX_BLOCKS = 1000
+# One chained actor per core: it runs its stages one after the other, on one thread.
+CHAIN_RESOURCES = Resources(1.0, min_cpus=0.5)
 
 
 def ray_data_arguments(stage: StageSpec) -> dict[str, Any]:
@@ -56,7 +58,7 @@ class InProcessPipeline:
 
     def __init__(self, stages: Sequence[StageSpec], device: str | None = None) -> None:
         self.stages = list(stages)
-        self.callables: list[Batch] = [stage.instantiate(**({"device": device} if stage.is_actor else {}))
+        self.callables: list[Batch] = [stage.instantiate(**({"device": device} if stage.is_actor and device else {}))
                                        for stage in self.stages]
         actors = [i for i, stage in enumerate(self.stages) if stage.is_actor]
         first, last = (actors[0], actors[-1] + 1) if actors else (len(self.stages), len(self.stages))
@@ -71,4 +73,26 @@ class InProcessPipeline:
         for stage in self.callables[start:end]:
             table = stage(table)
         return table
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return self.run(batch)
+
+
+def chain_stages(stages: Sequence[StageSpec], actors: int) -> list[StageSpec]:
+    """``stages`` with those from the first through the last model stage run as one actor stage
+    of ``actors`` actors, each an ``InProcessPipeline`` that takes a video through them in turn.
+
+    On a CPU node this keeps one busy thread per core. Separate pools there put several busy
+    threads on each core, which time-slice their caches away, and frames and crops cross
+    processes; a chain does the same work as the plain loop over the same stages, on every core
+    at once (bench/scan_throughput.py). Each inner stage still fails its own rows under its own
+    name and times itself, so the verdicts do not change."""
+    models = [i for i, stage in enumerate(stages) if stage.detector]
+    if not models:
+        return list(stages)
+    inner, rest = list(stages[: models[-1] + 1]), list(stages[models[-1] + 1 :])
+    chained = StageSpec("-".join(stage.name for stage in inner), InProcessPipeline, inner[0].input_schema,
+                        inner[-1].output_schema, CHAIN_RESOURCES, batch_size=1, pool=Pool(actors, actors),
+                        kwargs={"stages": inner})
+    return [chained, *rest]
 

@@ -86,10 +86,11 @@ class StageSpec:
 
 # Decode opens each video where it lives and fetches only what it decodes: no bytes travel
 # through the object store. Its rows fail at ``read`` when the fetch fails.
-# Decode and faces declare the same resources and batch, so that on a CPU cluster Ray Data fuses
-# decode into the faces actors: the full frames never leave the process that decoded them
-# (bench/scan_throughput.py, README "Scan speed on one machine"). A GPU plan gives faces a GPU
-# share, and decode stays a task stage that feeds them.
+# Decode and faces declare the same resources and batch, so that where a CPU cluster runs them
+# as stages of their own (``fakescan prepare``; a scan chains them with its model stages,
+# ``pipelines.execution.chain_stages``) Ray Data fuses decode into the faces actors: the full
+# frames never leave the process that decoded them. A GPU plan gives faces a GPU share, and
+# decode stays a task stage that feeds them.
 CPU_DECODE_AND_FACES = Resources(0.5, min_cpus=0.25)
 DECODE = StageSpec("decode", decode_videos, MANIFEST_SCHEMA, DECODED_SCHEMA, CPU_DECODE_AND_FACES, batch_size=1)
 FACES = StageSpec("faces", CropFaces, DECODED_SCHEMA, FACES_SCHEMA, CPU_DECODE_AND_FACES, batch_size=1,

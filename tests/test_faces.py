@@ -50,3 +50,20 @@ def test_every_pyramid_factor_finds_a_large_face_in_the_same_place(face, factor)
     reference = FaceCropper(FaceCropConfig(detect_long_side=1280)).detect(frame)[0][0][0]
     found = FaceCropper(FaceCropConfig(scale_factor=factor)).detect(frame)[0][0]
     assert len(found) == 1 and np.abs(found[0] - reference).max() < 0.1 * 300
+
+
+def test_the_second_pass_finds_a_small_face_in_every_frame_of_a_video(face):
+    video = np.repeat(frame_with_faces(face, [48]), 12, axis=0)
+    boxes = FaceCropper(FaceCropConfig(fallback_probe_frames=4)).detect(video)[0]
+    assert [len(frame_boxes) for frame_boxes in boxes] == [1] * 12
+
+
+def test_a_video_with_no_face_costs_the_second_pass_only_its_probe_frames(face, monkeypatch):
+    blank = np.full((32, HEIGHT, WIDTH, 3), 118, np.uint8)
+    cropper = FaceCropper(FaceCropConfig())
+    searched: list[int] = []
+    detect = cropper.mtcnn.detect
+    monkeypatch.setattr(cropper.mtcnn, "detect",
+                        lambda frames, **kw: searched.append(len(frames)) or detect(frames, **kw))
+    assert sum(map(len, cropper.detect(blank)[0])) == 0
+    assert searched == [32, 8]  # the first pass on every frame, the second on 8 of them

@@ -69,8 +69,8 @@ def test_a_stalled_scan_says_what_it_waits_for_stops_and_resumes(ray_cluster, sh
     assert result.returncode == 1, result.stderr[-3000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("fakescan: error:")]
     assert len(errors) == 1 and "the scan stopped: no video finished for" in errors[0]
-    # On a CPU cluster decode runs inside the faces actors (one fused Ray Data operator).
-    assert "blocks done: decode->faces 4/5" in errors[0] and "4 verdicts written" in errors[0]
+    # On a CPU cluster one pool of actors takes each video from decode through the hybrid.
+    assert "blocks done: decode-faces-score 4/5" in errors[0] and "4 verdicts written" in errors[0]
     assert any(line.startswith("fakescan: warning: no video finished for") for line in result.stderr.splitlines())
     assert sorted(pd.read_parquet(out / "verdicts")["uri"].map(lambda u: Path(u).name)) == [
         f"face{i}.mp4" for i in range(4)]
