@@ -223,14 +223,16 @@ def main() -> None:
     else:
         print("GPU: none in this cluster; GPU-s per video, utilisation and the per-node figure need a CUDA machine")
 
-    rates = standalone_rates(work / "videos", stages, min(args.standalone_videos, n_videos))
+    # On a CPU cluster one actor pool runs the others in turn (pipelines.execution.chain_stages).
+    flat = [(inner, stage) for stage in stages for inner in stage.kwargs.get("stages", [stage])]
+    rates = standalone_rates(work / "videos", [inner for inner, _ in flat], min(args.standalone_videos, n_videos))
     print("| stage | actors (max) | standalone, videos/s | in the pipeline, videos/s per busy actor | ratio |")
     print("| --- | --- | --- | --- | --- |")
-    for stage in stages:
+    for stage, pool_of in flat:
         if stage.name not in summary.stages:  # the verdict stage keeps no timer of its own
             continue
         alone, inside = rates[stage.name], summary.stages[stage.name].videos_per_busy_s
-        actors = stage.pool.max_actors if stage.pool else "tasks"
+        actors = pool_of.pool.max_actors if pool_of.pool else "tasks"
         print(f"| {stage.name} | {actors} | {alone:.2f} | {inside:.2f} | {inside / alone:.2f} |")
     print(f"total wall time {time.perf_counter() - started:.1f} s")
     shutil.rmtree(work, ignore_errors=True)

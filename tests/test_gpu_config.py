@@ -57,10 +57,13 @@ def scored(stage, rows: list[dict]) -> dict[str, dict]:
 def test_without_a_gpu_every_pool_gets_its_cpu_settings():
     plan = plan_devices(GpuSettings(), FRAMES, STAGES, cluster_cpus=2, cluster_gpus=0)
     assert plan.device == "cpu" and plan.autocast is None and not plan.channels_last and not plan.mps
-    faces, score, ensemble = plan.apply(STAGES)
-    assert [s.resources.gpus for s in (faces, score, ensemble)] == [0, 0, 0]
+    # One pool, an actor per CPU, takes each video through every stage on one thread.
+    [chain] = plan.apply(STAGES)
+    assert chain.name == "faces-score-ensemble" and chain.pool.max_actors == 2 and chain.resources.gpus == 0
+    faces, score, ensemble = chain.kwargs["stages"]
+    assert all(s.kwargs["device"] == "cpu" and s.kwargs["threads"] == 1 for s in (faces, score, ensemble))
     # One video per MTCNN call, as many frames as it has; the forward batches the stages always used.
-    assert (faces.batch_size, faces.kwargs["config"].detect_batch_size) == (1, FRAMES)
+    assert (chain.batch_size, faces.kwargs["config"].detect_batch_size) == (1, FRAMES)
     assert (score.kwargs["batch_size"], ensemble.kwargs["batch_size"]) == (64, 32)
 
 

@@ -84,11 +84,12 @@ def test_scan_spreads_over_worker_nodes_with_one_row_per_video(nodes: RayNodes, 
     assert f"scanned {N_VIDEOS} of {N_VIDEOS} videos (0 already done)" in stdout
     assert_one_verdict_per_video(out, videos)
 
-    # Ray's task events say where each stage ran: one decode task per video, actor tasks for the pools.
+    # Ray's task events say where each video ran: on CPUs one actor task per video takes it from decode
+    # through the detector (pipelines.execution.chain_stages).
     job_id = nodes.driver_job_id(str(out))
 
     def decoded() -> Counter:
-        return nodes.finished_tasks_per_node("decode_videos", job_id)
+        return nodes.finished_tasks_per_node("MapBatches(InProcessPipeline)", job_id)
 
     assert eventually(lambda: sum(decoded().values()) == N_VIDEOS), decoded()
     assert all(decoded()[name] > 0 for name in WORKERS), decoded()
