@@ -54,7 +54,7 @@ def test_ray_job_submit_scans_on_the_running_cluster(cluster: RayNodes, short_fa
 
     def decoded() -> Counter:
         # On CPUs one actor task per video takes it from decode through the detector.
-        return cluster.finished_tasks_per_node("MapBatches(InProcessPipeline)", job.job_id)
+        return cluster.finished_tasks_per_node("MapBatches(InProcessPipeline)).submit", job.job_id)
 
     assert eventually(lambda: decoded() == {"worker-1": 3}), decoded()
 

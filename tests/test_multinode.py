@@ -89,7 +89,7 @@ def test_scan_spreads_over_worker_nodes_with_one_row_per_video(nodes: RayNodes, 
     job_id = nodes.driver_job_id(str(out))
 
     def decoded() -> Counter:
-        return nodes.finished_tasks_per_node("MapBatches(InProcessPipeline)", job_id)
+        return nodes.finished_tasks_per_node("MapBatches(InProcessPipeline)).submit", job_id)
 
     assert eventually(lambda: sum(decoded().values()) == N_VIDEOS), decoded()
     assert all(decoded()[name] > 0 for name in WORKERS), decoded()
