@@ -24,6 +24,7 @@ import av
 import numpy as np
 import pyarrow as pa
 
+from detector.faces import evenly_spaced
 from pipelines.errors import VideoError
 from pipelines.rows import DECODED_SCHEMA, mark_error, one_line, to_table
 from pipelines.sources import ReadError, open_video
@@ -107,10 +108,7 @@ class _Picked:
 
 def sample_indices(n_total: int, n: int) -> list[int]:
     """Centres of n equal segments: evenly spaced and never the black first frame alone."""
-    if n_total <= 0:
-        return []
-    n = min(n, n_total)
-    return sorted({int((i + 0.5) * n_total / n) for i in range(n)})
+    return evenly_spaced(max(n_total, 0), n).tolist()
 
 
 def scaled_size(width: int, height: int, max_side: int) -> tuple[int, int]:
