@@ -95,20 +95,28 @@ def test_scan_spreads_over_worker_nodes_with_one_row_per_video(nodes: RayNodes, 
     assert all(decoded()[name] > 0 for name in WORKERS), decoded()
 
 
+def busy_scan_actors(nodes: RayNodes) -> dict[str, int]:
+    """Per worker node, how many of the scan's actors are running a video now (titles ``ray::MapWorker(...).submit``)."""
+    return {name: sum(t.startswith("ray::MapWorker(") and t.endswith(".submit") for t in node.worker_titles())
+            for name, node in nodes.workers.items()}
+
+
 def test_worker_node_killed_mid_scan_loses_nothing(nodes: RayNodes, videos: Path, tmp_path: Path):
     out = tmp_path / "out"
     with scanning(nodes, videos, out) as scan:
+        # Kill the node whose actors are busiest as soon as one of them works on a video: on CPUs one actor takes
+        # a video from decode through the detector, so all the videos are through the actors well before the
+        # first verdict row lands.
         deadline = time.monotonic() + 300
-        while verdict_rows(out) < 1 and scan.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        # The node to kill is the one running the most of the scan's actors (its face and score pools).
-        actors = {name: [t for t in node.worker_titles() if t.startswith("ray::MapWorker(")]
-                  for name, node in nodes.workers.items()}
-        victim = max(actors, key=lambda name: len(actors[name]))
+        busy = busy_scan_actors(nodes)
+        while not any(busy.values()) and scan.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+            busy = busy_scan_actors(nodes)
+        victim = max(busy, key=lambda name: busy[name])
         nodes.workers[victim].kill()
-        done_before = verdict_rows(out)
-        assert actors[victim], f"no scan actor on any worker node to kill: {actors}"
-        assert 0 < done_before < N_VIDEOS, "the node must die part-way through the scan for this test to mean anything"
+        assert busy[victim], f"no scan actor busy on any worker node to kill: {busy}"
+        assert scan.poll() is None and verdict_rows(out) < N_VIDEOS, \
+            "the node must die part-way through the scan for this test to mean anything"
         stdout, stderr = scan.communicate(timeout=600)
     assert scan.returncode == 0, stderr[-3000:]
     # The same run finished every video: Ray restarted the dead node's actors and re-ran its lost tasks.
