@@ -26,6 +26,7 @@ from jobs.watchdog import StallWatchdog
 from pipelines.dataset import (
     CROP_SCHEMA,
     PSEUDO_FAKE_KINDS,
+    TRAINING_PSEUDO_FAKES,
     flatten_crops,
     list_labelled,
     load_donors,
@@ -47,7 +48,8 @@ class PrepareConfig:
     source: str
     out: str
     frames: int = 16
-    pseudo_fakes: tuple[str, ...] = PSEUDO_FAKE_KINDS
+    pseudo_fakes: tuple[str, ...] = TRAINING_PSEUDO_FAKES
+    every_kind: bool = False  # one pseudo-fake of each kind per real crop, not one of a drawn kind
     split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seed: int = 0
     donors_per_split: int = 256
@@ -161,7 +163,8 @@ def run_prepare(config: PrepareConfig) -> PrepareSummary:
         fakes = PartWriter(fs, f"{root}/crops", "pseudo", config.rows_per_file)
         fakes.counts = writer.counts
         for batch in real_rows.map_batches(make_pseudo_fakes, fn_kwargs={  # type: ignore[arg-type]  # ray: no fn_kwargs
-                "kinds": tuple(config.pseudo_fakes), "donors": donors, "seed": config.seed},
+                "kinds": tuple(config.pseudo_fakes), "donors": donors, "seed": config.seed,
+                "every_kind": config.every_kind},
                 batch_size=16, num_cpus=1, batch_format="pyarrow").iter_batches(batch_format="pyarrow",
                                                                                 batch_size=None):
             fakes.add(batch)

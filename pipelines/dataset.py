@@ -19,21 +19,23 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
 
-from detector.pseudofakes import landmark_swap, self_blend
+from detector.pseudofakes import landmark_swap, morph, self_blend
 from pipelines.errors import SourceError
 from pipelines.rows import BASE, MANIFEST_SCHEMA, to_table, unpack_array
 from pipelines.sources import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, filesystem_for, list_videos
 
 LABELS = {"real": 0, "fake": 1, "0": 0, "1": 1}
 SPLITS = ("train", "val", "test")
-PSEUDO_FAKE_KINDS = ("sbi", "swap")
+PSEUDO_FAKE_KINDS = ("sbi", "swap", "morph")
+TRAINING_PSEUDO_FAKES = ("sbi", "swap")  # morphs are kept for judging transfer to a method never trained on
+DONOR_METHODS = {"swap": landmark_swap, "morph": morph}  # the kinds that paste another person's face
 LABELLED_SCHEMA = pa.schema(list(MANIFEST_SCHEMA) + [
     pa.field("label", pa.int8()), pa.field("group", pa.string()), pa.field("split", pa.string()),
 ])
 CROP_SCHEMA = pa.schema([
     pa.field("crop_id", pa.string()),
     pa.field("label", pa.int8()),  # 1 = fake
-    pa.field("kind", pa.string()),  # real | fake (as given) | sbi | swap (pseudo-fakes made here)
+    pa.field("kind", pa.string()),  # real | fake (as given) | sbi | swap | morph (pseudo-fakes made here)
     pa.field("split", pa.string()),
     pa.field("group", pa.string()),
     pa.field("source_uri", pa.string()),
@@ -158,28 +160,32 @@ def rng_for(crop_id: str, seed: int) -> np.random.Generator:
 
 
 def make_pseudo_fakes(batch: pa.Table, kinds: tuple[str, ...], donors: dict[str, list[dict[str, Any]]],
-                      seed: int) -> pa.Table:
-    """Ray Data stage: one pseudo-fake per real crop, of a kind drawn per crop.
+                      seed: int, every_kind: bool = False) -> pa.Table:
+    """Ray Data stage: per real crop, one pseudo-fake of a kind drawn per crop, or with
+    ``every_kind`` one of each kind (evaluation sets, which compare methods on the same faces).
 
-    A swap takes its donor from the same split and another group, so a validation
-    fake never contains a training face; with no such donor it falls back to a
-    self-blend and says so in ``kind``.
+    A swap or morph takes its donor from the same split and another group, so a validation
+    fake never contains a training face; with no such donor a drawn kind falls back to a
+    self-blend and says so in ``kind``, and ``every_kind`` leaves that kind out for the crop.
     """
     out = []
     for row in batch.to_pylist():
         rng = rng_for(row["crop_id"], seed)
-        kind = kinds[int(rng.integers(len(kinds)))]
+        drawn = kinds[int(rng.integers(len(kinds)))]
         crop = png_array(row["image"])
         landmarks = np.asarray(row["landmarks"], np.float32).reshape(5, 2)
         pool = [d for d in donors.get(row["split"], []) if d["group"] != row["group"]]
-        donor = pool[int(rng.integers(len(pool)))] if kind == "swap" and pool else None
-        if donor is not None:
-            fake = landmark_swap(crop, landmarks, png_array(donor["image"]),
-                                 np.asarray(donor["landmarks"], np.float32).reshape(5, 2), rng)
-        else:
-            kind, fake = "sbi", self_blend(crop, landmarks, rng)
-        out.append(dict(row, crop_id=f"{row['crop_id']}-{kind}", label=1, kind=kind, image=png_bytes(fake),
-                        donor_id=donor["crop_id"] if donor is not None else None))
+        for kind in kinds if every_kind else (drawn,):
+            donor = pool[int(rng.integers(len(pool)))] if kind in DONOR_METHODS and pool else None
+            if donor is None and kind in DONOR_METHODS and every_kind:
+                continue
+            if donor is not None:
+                fake = DONOR_METHODS[kind](crop, landmarks, png_array(donor["image"]),
+                                           np.asarray(donor["landmarks"], np.float32).reshape(5, 2), rng)
+            else:
+                kind, fake = "sbi", self_blend(crop, landmarks, rng)
+            out.append(dict(row, crop_id=f"{row['crop_id']}-{kind}", label=1, kind=kind, image=png_bytes(fake),
+                            donor_id=donor["crop_id"] if donor is not None else None))
     return to_table(out, CROP_SCHEMA)
 
 
@@ -208,10 +214,14 @@ def load_donors(paths: list[str], donor_ids: dict[str, list[str]], filesystem=No
 
 
 def decode_images(batch: pa.Table) -> dict[str, np.ndarray]:
-    """Ray Data stage for training: PNG crops → ``pixels`` (N, H, W, 3) uint8 and ``label``."""
+    """Ray Data stage for training: PNG crops → ``pixels`` (N, H, W, 3) uint8 and ``label``, and
+    ``landmarks`` (N, 5, 2) when the batch has them (self-blends made while training need them)."""
     images = batch["image"].to_pylist()
-    return {"pixels": np.stack([png_array(data) for data in images]) if images else np.zeros((0, 1, 1, 3), np.uint8),
-            "label": batch["label"].to_numpy().astype(np.float32)}
+    decoded = {"pixels": np.stack([png_array(data) for data in images]) if images else np.zeros((0, 1, 1, 3), np.uint8),
+               "label": batch["label"].to_numpy().astype(np.float32)}
+    if "landmarks" in batch.column_names:
+        decoded["landmarks"] = np.asarray(batch["landmarks"].to_pylist(), np.float32).reshape(-1, 5, 2)
+    return decoded
 
 
 def crops_at(path: str, filesystem=None):
@@ -226,9 +236,9 @@ def count_split(path: str, split: str, filesystem=None) -> int:
 
 
 def sample_split(path: str, split: str, filesystem=None, limit: int | None = None, seed: int = 0) -> pa.Table:
-    """(crop_id, label, image) rows of one split, in a seeded random order (so any prefix is a fair sample)."""
+    """(crop_id, label, kind, image) rows of one split, in a seeded random order (so any prefix is a fair sample)."""
     table = crops_at(path, filesystem).to_table(
-        columns=["crop_id", "label", "image"], filter=pc.field("split") == split).sort_by("crop_id")
+        columns=["crop_id", "label", "kind", "image"], filter=pc.field("split") == split).sort_by("crop_id")
     order = np.random.default_rng(seed).permutation(table.num_rows)[:limit]
     return table.take(pa.array(order, pa.int64()))
 

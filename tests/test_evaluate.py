@@ -24,7 +24,7 @@ from detector.factory import create_detector
 from detector.hybrid import preprocess_crops
 from detector.voting import DetectorCalibration
 from detector.weights import save_weights
-from jobs.evaluate.outputs import metrics_table
+from jobs.evaluate.outputs import methods_table, metrics_table
 from tests.conftest import run_fakescan
 
 
@@ -128,6 +128,19 @@ def test_metrics_match_hand_computed_values():
     assert row["n"] == 4
 
 
+def test_each_fake_method_is_judged_against_all_the_real_crops():
+    # Real p 0.1 0.6; sbi fakes 0.9 0.8 rank above both reals → AUC 1; the morph fake 0.4 sits between the two
+    # reals → AUC 0.5.
+    predictions = pa.table({"model": ["m"] * 5, "stream": ["all"] * 5, "scenario": ["clean"] * 5,
+                            "crop_id": list("abcde"), "label": pa.array([0, 0, 1, 1, 1], pa.int8()),
+                            "kind": ["real", "real", "sbi", "sbi", "morph"],
+                            "p_fake": pa.array([0.1, 0.6, 0.9, 0.8, 0.4], pa.float32())})
+    rows = {r["method"]: r for r in methods_table(predictions, {"m": "hybrid"}).to_pylist()}
+    assert set(rows) == {"sbi", "morph"}
+    assert rows["sbi"]["auc"] == pytest.approx(1.0) and (rows["sbi"]["n_real"], rows["sbi"]["n_fake"]) == (2, 2)
+    assert rows["morph"]["auc"] == pytest.approx(0.5) and rows["morph"]["n_fake"] == 1
+
+
 def test_an_unknown_scenario_is_a_one_line_error(tmp_path):
     result = run_fakescan("evaluate", "--model", "x.safetensors", "--data", str(tmp_path), "--out",
                           str(tmp_path / "out"), "--scenarios", "clean,snow")
@@ -191,6 +204,13 @@ def test_evaluation_metrics_follow_from_its_predictions(evaluation):
                         & (predictions.scenario == row.scenario)]
         assert row.auc == pytest.approx(roc_auc(p.label.to_numpy(), p.p_fake.to_numpy()), abs=1e-6, nan_ok=True)
         assert row.accuracy == pytest.approx(((p.p_fake > 0.5) == (p.label == 1)).mean())
+    methods = pd.read_parquet(evaluation / "methods.parquet")
+    assert set(methods.method) == set(predictions[predictions.label == 1].kind) <= {"sbi", "swap"}
+    for row in methods.itertuples():
+        p = predictions[(predictions.model == row.model) & (predictions.stream == row.stream)
+                        & (predictions.scenario == row.scenario) & predictions.kind.isin(["real", row.method])]
+        assert (row.n_real, row.n_fake) == ((p.label == 0).sum(), (p.label == 1).sum())
+        assert row.auc == pytest.approx(roc_auc(p.label.to_numpy(), p.p_fake.to_numpy()), abs=1e-6, nan_ok=True)
 
 
 def test_evaluation_writes_analysis_galleries_and_an_mlflow_run(evaluation):
@@ -213,4 +233,5 @@ def test_report_renders_the_evaluation(evaluation):
     assert result.returncode == 0, result.stderr[-2000:]
     page = (evaluation / "report.html").read_text()
     assert 'class="protocol' in page and page.count("<svg") >= 2 * len(SCENARIOS)
+    assert 'class="methods' in page and 'data-method="sbi"' in page
     assert "data:image/png;base64," in page  # the galleries' heatmaps, embedded

@@ -96,7 +96,7 @@ def test_scan_spreads_over_worker_nodes_with_one_row_per_video(nodes: RayNodes, 
 
 
 def busy_scan_actors(nodes: RayNodes) -> dict[str, int]:
-    """Per worker node, how many of the scan's actors are running a video now (titles ``ray::MapWorker(...).submit``)."""
+    """Per worker node, how many of the scan's actors work on a video now (titles ``ray::MapWorker(...).submit``)."""
     return {name: sum(t.startswith("ray::MapWorker(") and t.endswith(".submit") for t in node.worker_titles())
             for name, node in nodes.workers.items()}
 

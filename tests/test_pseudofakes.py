@@ -2,11 +2,21 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from PIL import Image
 
 from detector.faces import FaceCropper
-from detector.pseudofakes import face_mask, landmark_swap, self_blend, similarity_transform
+from detector.pseudofakes import (
+    face_mask,
+    landmark_swap,
+    morph,
+    self_blend,
+    similarity_transform,
+    source_and_target,
+    transfer_colour_lab,
+)
+from pipelines.dataset import CROP_SCHEMA, PSEUDO_FAKE_KINDS, make_pseudo_fakes, png_array, png_bytes
 
 
 @pytest.fixture(scope="module")
@@ -27,13 +37,25 @@ def test_self_blend_is_deterministic_per_seed(faces):
     assert not np.array_equal(first, other)
 
 
-def test_self_blend_changes_the_face_and_not_the_background(faces):
+@pytest.mark.parametrize("seed", range(6))
+def test_self_blend_pastes_the_source_face_onto_the_target_surroundings(faces, seed):
     face = faces[0]
-    fake = self_blend(face.crop, face.landmarks, np.random.default_rng(3)).astype(int)
-    diff = np.abs(fake - face.crop.astype(int)).mean(axis=2)
+    fake = self_blend(face.crop, face.landmarks, np.random.default_rng(seed)).astype(int)
+    # The same draws, in the same order, give the pair self_blend blended.
+    source, target = (x.astype(int) for x in source_and_target(face.crop, np.random.default_rng(seed)))
     nose_x, nose_y = face.landmarks[2].astype(int)
-    assert diff[nose_y - 15 : nose_y + 15, nose_x - 15 : nose_x + 15].mean() > 2.0
-    assert diff[:12].mean() == 0.0  # the top of the crop (hair, background) is untouched
+    nose = (slice(nose_y - 10, nose_y + 10), slice(nose_x - 10, nose_x + 10))
+    assert np.abs(fake[:12] - target[:12]).mean() < 0.5  # the top of the crop (hair, background) is the target's
+    assert np.abs(fake[nose] - target[nose]).mean() > 1.0  # the face is not
+    # the face moves from the target towards the source, by the blend ratio (at most all the way)
+    assert np.abs(fake[nose] - target[nose]).mean() <= np.abs(source[nose] - target[nose]).mean() + 0.5
+
+
+def test_the_source_target_generator_changes_either_side(faces):
+    face = faces[0]
+    changed_target = [not np.array_equal(source_and_target(face.crop, np.random.default_rng(seed))[1], face.crop)
+                      for seed in range(20)]
+    assert 0 < sum(changed_target) < 20
 
 
 def test_face_mask_is_soft_and_covers_the_landmarks(faces):
@@ -61,3 +83,63 @@ def test_landmark_swap_puts_another_face_on_the_target(faces):
     window = (slice(centre[1] - 20, centre[1] + 20), slice(centre[0] - 20, centre[0] + 20))
     assert np.abs(fake[window].astype(int) - target.crop[window].astype(int)).mean() > 5.0
     assert np.array_equal(fake[:8, :8], target.crop[:8, :8])  # the corner is outside the face mask
+
+
+def test_morph_mixes_two_people_inside_the_face_only(faces):
+    target, donor = faces[0], faces[1]
+    fake = morph(target.crop, target.landmarks, donor.crop, donor.landmarks, np.random.default_rng(0))
+    assert fake.shape == target.crop.shape and fake.dtype == np.uint8
+    centre = target.landmarks.mean(axis=0).astype(int)
+    window = (slice(centre[1] - 15, centre[1] + 15), slice(centre[0] - 15, centre[0] + 15))
+    assert np.abs(fake[window].astype(int) - target.crop[window].astype(int)).mean() > 3.0
+    assert np.array_equal(fake[:8], target.crop[:8])  # the top rows are outside the polygon
+
+
+def test_lab_colour_transfer_moves_the_source_to_the_target_colours():
+    rng = np.random.default_rng(0)
+    source = np.clip(rng.normal((60, 120, 200), 10, (64, 64, 3)), 0, 255).astype(np.uint8)
+    target = np.clip(rng.normal((200, 150, 90), 10, (64, 64, 3)), 0, 255).astype(np.uint8)
+    moved = transfer_colour_lab(source, target, np.ones((64, 64), np.float32))
+    assert np.abs(moved.mean((0, 1)) - target.mean((0, 1))).max() < 6
+    assert np.abs(source.mean((0, 1)) - target.mean((0, 1))).max() > 100
+
+
+def crop_table(faces) -> pa.Table:
+    rows = [{"crop_id": f"c{i}", "label": 0, "kind": "real", "split": "test", "group": f"person{i}",
+             "landmarks": face.landmarks.reshape(-1).tolist(), "image": png_bytes(face.crop)}
+            for i, face in enumerate(faces[:3])]
+    return pa.Table.from_pylist(rows).cast(pa.schema([CROP_SCHEMA.field(n) for n in rows[0]]))
+
+
+def test_every_kind_makes_one_fake_of_each_method_per_real_crop(faces):
+    crops = crop_table(faces)
+    donors = {"test": [dict(row, image=row["image"]) for row in crops.to_pylist()]}
+    fakes = make_pseudo_fakes(crops, PSEUDO_FAKE_KINDS, donors, seed=0, every_kind=True)
+    assert sorted(fakes["crop_id"].to_pylist()) == sorted(f"c{i}-{k}" for i in range(3) for k in PSEUDO_FAKE_KINDS)
+    assert set(fakes["label"].to_pylist()) == {1}
+    for row in fakes.to_pylist():
+        # a swap or morph takes another person's face; a self-blend none
+        assert (row["donor_id"] is not None) == (row["kind"] != "sbi") and row["donor_id"] != row["crop_id"][:2]
+        assert png_array(row["image"]).shape == faces[0].crop.shape
+
+
+def test_drawn_kinds_make_one_fake_per_real_crop(faces):
+    crops = crop_table(faces)
+    fakes = make_pseudo_fakes(crops, PSEUDO_FAKE_KINDS, {}, seed=0)
+    # no donors at all: each crop's drawn kind falls back to a self-blend, and says so
+    assert fakes.num_rows == 3 and set(fakes["kind"].to_pylist()) == {"sbi"}
+
+
+def test_training_pairs_every_real_crop_with_a_fresh_self_blend_of_itself(faces):
+    from jobs.train.worker import with_self_blends
+
+    batch = {"pixels": np.stack([f.crop for f in faces[:3]]), "label": np.zeros(3, np.float32),
+             "landmarks": np.stack([f.landmarks for f in faces[:3]])}
+    images, labels = with_self_blends(batch, first_seed=100)
+    assert images.shape == (6, *faces[0].crop.shape) and labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert np.array_equal(images[:3], batch["pixels"])
+    for i in range(3):  # each fake is the self-blend of its own crop, seeded by its place
+        expected = self_blend(faces[i].crop, faces[i].landmarks, np.random.default_rng(100 + i))
+        assert np.array_equal(images[3 + i], expected)
+    next_epoch, _ = with_self_blends(batch, first_seed=200)
+    assert not np.array_equal(next_epoch[3:], images[3:])  # a new epoch, new fakes

@@ -189,10 +189,12 @@ def test_killed_worker_resumes_from_its_checkpoint_in_the_same_run(ray_cluster, 
 
 @pytest.fixture(scope="module")
 def trained_ensemble(ray_cluster, prepared, tmp_path_factory) -> dict:
-    """The ensemble's fine-tune: two DDP workers on the tiny config, one epoch."""
+    """The ensemble's fine-tune: two DDP workers on the tiny config, one epoch, on the real crops paired with
+    fresh self-blends."""
     out = tmp_path_factory.mktemp("ensemble")
     result = run_fakescan("train", "ensemble", "--data", str(prepared), "--out", str(out), "--model", "ensemble_tiny",
-                          "--workers", "2", "--epochs", "1", "--batch-size", "8", "--alias", "champion")
+                          "--workers", "2", "--epochs", "1", "--batch-size", "8", "--fakes", "self-blend",
+                          "--alias", "champion")
     assert result.returncode == 0, result.stderr[-3000:]
     return {"out": out, "tracking_uri": f"sqlite:///{out / 'mlflow.db'}"}
 
@@ -202,6 +204,7 @@ def test_ensemble_finetune_with_two_workers_logs_every_stream(trained_ensemble):
     runs = client.search_runs([client.get_experiment_by_name("fakescan-ensemble").experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert runs[0].data.params["workers"] == "2" and runs[0].data.params["finetune"] == "full"
+    assert runs[0].data.params["fakes"] == "self-blend"
     for stream in ("texture", "facial", "fusion"):
         for metric in (f"train_loss_{stream}", f"val_clean_{stream}_auc", f"val_compound_{stream}_auc",
                        f"{stream}_temperature", f"{stream}_ece"):

@@ -52,10 +52,15 @@ def run(args: argparse.Namespace) -> int:
         gallery=args.gallery, batch_size=args.batch_size, tracking_uri=args.tracking_uri, s3_endpoint=args.s3_endpoint)
     result = run_evaluate(config)
     summary = result["summary"]
-    overall = [r for r in result["metrics"].to_pylist() if r["stream"] == "all"]
-    shown = "; ".join(f"{r['model']} {r['scenario']} AUC {r['auc']:.3f}" if not math.isnan(r["auc"])
-                      else f"{r['model']} {r['scenario']} AUC n/a" for r in overall if r["scenario"] == "clean")
+    clean = [r for r in result["metrics"].to_pylist() if r["stream"] == "all" and r["scenario"] == "clean"]
+    by_method = [r for r in result["methods"].to_pylist() if r["stream"] == "all" and r["scenario"] == "clean"]
+    shown = "; ".join(f"{r['model']} clean AUC {auc_text(r['auc'])}" + "".join(
+        f", {m['method']} {auc_text(m['auc'])}" for m in by_method if m["model"] == r["model"]) for r in clean)
     print(f"fakescan: evaluated {len(summary['models'])} model(s) on {summary['n']} crops × "
           f"{len(summary['scenarios'])} scenarios in {summary['seconds']:.0f} s | {shown} | "
           f"results: {config.out} (fakescan report {config.out})")
     return 0
+
+
+def auc_text(auc: float | None) -> str:
+    return "n/a" if auc is None or math.isnan(auc) else f"{auc:.3f}"

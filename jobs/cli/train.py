@@ -5,7 +5,7 @@ import argparse
 from dataclasses import fields
 from typing import Any
 
-from jobs.cli.arguments import OneLineParser, absolute, add_s3_endpoint, positive_int
+from jobs.cli.arguments import OneLineParser, absolute, add_s3_endpoint, positive_int, share
 
 
 def add_common(parser: argparse.ArgumentParser, kind: str, model: str, name: str) -> None:
@@ -25,6 +25,11 @@ def add_common(parser: argparse.ArgumentParser, kind: str, model: str, name: str
     parser.add_argument("--epochs", type=positive_int, default=5, help="epochs (default 5)")
     parser.add_argument("--batch-size", type=positive_int, default=32, help="batch per worker (default 32)")
     parser.add_argument("--lr", type=float, default=3e-4, help="learning rate (default 3e-4)")
+    parser.add_argument("--fakes", choices=["prepared", "self-blend"], default="prepared",
+                        help="prepared: the train split's crops as labelled (default); self-blend: its real crops "
+                             "only, each paired every epoch with a fresh self-blend of itself (SBI)")
+    parser.add_argument("--degrade-share", type=share, default=0.5, help="share of the training crops passed "
+                        "through the compound degradation engine, each epoch anew (default 0.5; 0 for none)")
     parser.add_argument("--gpu", dest="use_gpu", action=argparse.BooleanOptionalAction, default=None,
                         help="one GPU per worker (default: when the cluster has one per worker)")
     parser.add_argument("--max-failures", type=int, default=3, help="worker-group restarts allowed (default 3)")

@@ -5,7 +5,8 @@
 Each model is scored on the same labelled crops under seven scenarios (``SCENARIOS``) on
 Ray Data; a U-Net attacker is first fitted against each model on the attack split. Writes
 ``evaluation.json``, ``metrics.parquet`` (accuracy, ROC AUC, ECE per model, stream and
-scenario), ``predictions.parquet``, ``analysis.parquet`` (feature cosine and heatmap
+scenario), ``methods.parquet`` (the same per fake method: each kind of fake against the real
+crops, the cross-method protocol), ``predictions.parquet``, ``analysis.parquet`` (feature cosine and heatmap
 entropy), galleries with Score-CAM heatmaps, and one MLflow run. ``fakescan report OUT``
 renders it.
 """
@@ -28,6 +29,7 @@ from jobs.evaluate.outputs import (
     EVALUATION_FILE,
     analysis_table,
     gallery_picks,
+    methods_table,
     metrics_table,
     mlflow_metrics,
     png_bytes_of,
@@ -124,7 +126,7 @@ def prepared_data(config: EvaluateConfig) -> tuple[str, str]:
 
 
 def read_crops(data: str, split: str, s3_endpoint: str | None, limit: int, seed: int) -> pa.Table:
-    """(crop_id, label, image) of one split, a seeded random sample of at most ``limit``."""
+    """(crop_id, label, kind, image) of one split, a seeded random sample of at most ``limit``."""
     try:
         return sample_split(f"{data}/crops", split, arrow_filesystem_for(data, s3_endpoint), limit, seed)
     except FileNotFoundError:
@@ -167,8 +169,8 @@ def score_model(config: EvaluateConfig, stage: StageSpec, model: ModelUnderTest,
     parts = []
     part: pa.Table  # iter_batches is typed for every batch format; this one is pyarrow's
     with StallWatchdog(STALL_WARNING_S, stages=[stage]) as watchdog:
-        for part in build_dataset(crops, [stage]).iter_batches(batch_format="pyarrow", batch_size=None,
-                                                               prefetch_batches=0):
+        scored = build_dataset(crops.select(stage.input_schema.names), [stage])
+        for part in scored.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0):
             parts.append(part)
             watchdog.progress(part.num_rows)
     table = pa.concat_tables(parts) if parts else pa.table({})
@@ -214,7 +216,8 @@ def draw_galleries(config: EvaluateConfig, models: list[ModelUnderTest], task_cp
         ("heatmap_path", pa.string())]))
 
 
-def record_in_mlflow(config: EvaluateConfig, summary: dict[str, Any], metrics: pa.Table, files: list[Path]) -> str:
+def record_in_mlflow(config: EvaluateConfig, summary: dict[str, Any], metrics: pa.Table, methods: pa.Table,
+                     files: list[Path]) -> str:
     out = config.out if "://" not in config.out else "."
     tracking_uri = tracking.tracking_uri_or_default(config.tracking_uri, out)
     experiment_id = tracking.ensure_experiment(tracking_uri, "fakescan-evaluate", Path(out).absolute() / "mlartifacts")
@@ -222,7 +225,7 @@ def record_in_mlflow(config: EvaluateConfig, summary: dict[str, Any], metrics: p
               "split": summary["split"], "n": summary["n"], "scenarios": ",".join(config.scenarios),
               "pgd_iterations": config.pgd_iterations, "unet_steps": config.unet_steps, "out": config.out}
     run_id = tracking.start_run(tracking_uri, experiment_id, "evaluate", params)
-    tracking.log_files(tracking_uri, run_id, files, mlflow_metrics(metrics))
+    tracking.log_files(tracking_uri, run_id, files, mlflow_metrics(metrics, methods))
     tracking.finish_run(tracking_uri, run_id)
     return run_id
 
@@ -248,7 +251,11 @@ def run_evaluate(config: EvaluateConfig) -> dict[str, Any]:
     # The attackers and galleries are tasks of one model each, as heavy as a scoring actor.
     attackers = fit_attackers(config, models, data, stage.resources.cpus)
     predictions = pa.concat_tables([score_model(config, stage, m, crops, attackers[m.name]) for m in models])
-    metrics = metrics_table(predictions, {m.name: m.detector.info.kind for m in models})
+    kind_of = dict(zip(crops["crop_id"].to_pylist(), crops["kind"].to_pylist()))
+    predictions = predictions.append_column("kind", pa.array([kind_of[c] for c in predictions["crop_id"].to_pylist()],
+                                                             pa.string()))
+    detectors = {m.name: m.detector.info.kind for m in models}
+    metrics, methods = metrics_table(predictions, detectors), methods_table(predictions, detectors)
 
     out_fs = filesystem_for(config.out, storage_options_for(config.out, config.s3_endpoint))
     root = config.out.removeprefix("file://").rstrip("/")
@@ -262,12 +269,14 @@ def run_evaluate(config: EvaluateConfig) -> dict[str, Any]:
         "settings": {k: v for k, v in asdict(config).items() if k not in ("models", "notes")},
         "notes": config.notes,
     }
-    tables = {"metrics": metrics, "predictions": predictions.drop_columns(["feature_cosine", "entropy", "logit"]),
+    tables = {"metrics": metrics, "methods": methods,
+              "predictions": predictions.drop_columns(["feature_cosine", "entropy", "logit"]),
               "analysis": analysis_table(predictions), "gallery": gallery}
     local = Path(config.out).absolute() if "://" not in config.out else None
     files = [write_table(out_fs, f"{root}/{name}.parquet", table)
              for name, table in tables.items() if table.num_columns]
-    summary["mlflow_run_id"] = record_in_mlflow(config, summary, metrics, [Path(f) for f in files] if local else [])
+    summary["mlflow_run_id"] = record_in_mlflow(config, summary, metrics, methods,
+                                                [Path(f) for f in files] if local else [])
     summary["seconds"] = round(time.monotonic() - started, 1)
     out_fs.pipe(f"{root}/{EVALUATION_FILE}", (json.dumps(summary, indent=2) + "\n").encode())
-    return {"summary": summary, "metrics": metrics}
+    return {"summary": summary, "metrics": metrics, "methods": methods}

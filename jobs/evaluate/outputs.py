@@ -19,6 +19,12 @@ METRICS_SCHEMA = pa.schema([
     ("n", pa.int64()), ("accuracy", pa.float64()), ("auc", pa.float64()), ("ece", pa.float64()),
     ("mean_p_fake", pa.float64()),
 ])
+# Per fake method: the real crops against the fakes of one kind (sbi, swap, morph, or "fake" as labelled).
+METHODS_SCHEMA = pa.schema([
+    ("model", pa.string()), ("detector", pa.string()), ("stream", pa.string()), ("scenario", pa.string()),
+    ("method", pa.string()), ("n_real", pa.int64()), ("n_fake", pa.int64()), ("accuracy", pa.float64()),
+    ("auc", pa.float64()), ("ece", pa.float64()), ("mean_p_fake", pa.float64()),
+])
 ANALYSIS_SCHEMA = pa.schema([
     ("model", pa.string()), ("stream", pa.string()), ("scenario", pa.string()), ("n", pa.int64()),
     ("feature_cosine", pa.float64()), ("entropy_clean", pa.float64()), ("entropy_degraded", pa.float64()),
@@ -43,6 +49,22 @@ def metrics_table(predictions: pa.Table, detectors: dict[str, str]) -> pa.Table:
                      "n": len(y), "accuracy": accuracy(y, p, 0.5), "auc": roc_auc(y, p),
                      "ece": expected_calibration_error(np.clip(p, 0, 1), y), "mean_p_fake": float(p.mean())})
     return pa.Table.from_pylist(rows, schema=METRICS_SCHEMA)
+
+
+def methods_table(predictions: pa.Table, detectors: dict[str, str]) -> pa.Table:
+    """Accuracy, ROC AUC and ECE per model, stream, scenario and fake method: each method's
+    fakes against all the real crops, so that a method never trained on is judged apart."""
+    rows = []
+    for (model, stream, scenario), g in _groups(predictions, ("model", "stream", "scenario")).items():
+        real = g["label"] == 0
+        for method in sorted(set(g["kind"][~real].tolist())):
+            pick = real | (g["kind"] == method)
+            p, y = g["p_fake"][pick].astype(np.float64), g["label"][pick].astype(np.float64)
+            rows.append({"model": model, "detector": detectors[model], "stream": stream, "scenario": scenario,
+                         "method": method, "n_real": int(real.sum()), "n_fake": int(y.sum()),
+                         "accuracy": accuracy(y, p, 0.5), "auc": roc_auc(y, p),
+                         "ece": expected_calibration_error(np.clip(p, 0, 1), y), "mean_p_fake": float(p.mean())})
+    return pa.Table.from_pylist(rows, schema=METHODS_SCHEMA)
 
 
 def _mean(values: np.ndarray) -> float | None:
@@ -93,15 +115,22 @@ def gallery_picks(predictions: pa.Table, per_kind: int) -> list[tuple[str, str]]
     return sorted(picks.items(), key=lambda item: (item[1], item[0]))
 
 
-def mlflow_metrics(metrics: pa.Table) -> dict[str, float]:
-    """``MODEL.SCENARIO.auc`` for the overall probability, ``MODEL.STREAM.SCENARIO.auc`` per stream."""
+def mlflow_metrics(metrics: pa.Table, methods: pa.Table | None = None) -> dict[str, float]:
+    """``MODEL.SCENARIO.auc`` for the overall probability, ``MODEL.STREAM.SCENARIO.auc`` per stream,
+    and ``MODEL.SCENARIO.METHOD.auc`` per fake method (overall probability)."""
     out = {}
     for row in metrics.to_pylist():
         prefix = row["model"] if row["stream"] == OVERALL else f"{row['model']}.{row['stream']}"
-        for key in ("accuracy", "auc", "ece"):
-            if row[key] is not None and row[key] == row[key]:
-                out[re.sub(r"[^\w./ -]", "_", f"{prefix}.{row['scenario']}.{key}")] = float(row[key])
+        out.update(_finite(f"{prefix}.{row['scenario']}", row))
+    for row in ([] if methods is None else methods.to_pylist()):
+        if row["stream"] == OVERALL:
+            out.update(_finite(f"{row['model']}.{row['scenario']}.{row['method']}", row))
     return out
+
+
+def _finite(prefix: str, row: dict) -> dict[str, float]:
+    return {re.sub(r"[^\w./ -]", "_", f"{prefix}.{key}"): float(row[key]) for key in ("accuracy", "auc", "ece")
+            if row[key] is not None and row[key] == row[key]}
 
 
 def png_bytes_of(image: np.ndarray) -> bytes:

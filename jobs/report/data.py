@@ -76,6 +76,7 @@ class EvaluationReport:
     models: list[str]  # display names, in evaluation.json's order
     scenarios: list[str]
     metrics: list[dict[str, Any]]
+    methods: list[dict[str, Any]]  # methods.parquet: per fake method; empty for evaluations made before it
     plots: list[ScenarioPlots]
     analysis: list[dict[str, Any]]
     gallery: dict[str, list[GalleryCase]]  # kind → cases
@@ -182,8 +183,10 @@ def load_evaluation(storage: Storage) -> EvaluationReport:
     if analysis is None or analysis.num_rows == 0:
         notes.append("No robustness analysis: the evaluation recorded no features or heatmap entropies.")
     gallery = storage.read_table("gallery.parquet")
+    methods = storage.read_table("methods.parquet")
     return EvaluationReport(
         root=storage.root, info=info, models=models, scenarios=scenarios, metrics=metrics,
+        methods=[] if methods is None else methods.to_pylist(),
         plots=[] if predictions is None else scenario_plots(models, scenarios, predictions, overall),
         analysis=[] if analysis is None else analysis.to_pylist(),
         gallery={} if gallery is None else gallery_cases(storage, gallery.to_pylist()), notes=notes)

@@ -152,7 +152,8 @@ def render_evaluation(report: EvaluationReport) -> str:
     subtitle = (f"{text(info.get('data'))} · split <b>{text(info.get('split'))}</b> · n = {text(info.get('n'))} · "
                 f"evaluated {text(info.get('created'))} · MLflow run {text(info.get('mlflow_run_id') or 'none')}")
     return page("Evaluation report", subtitle, [
-        evaluation_models(info), protocol_table(report), stream_tables(report), plots_section(report.plots),
+        evaluation_models(info), protocol_table(report), methods_table(report), stream_tables(report),
+        plots_section(report.plots),
         analysis_table(report), gallery_section(report.gallery), notes(report.notes)])
 
 
@@ -189,6 +190,27 @@ def protocol_table(report: EvaluationReport) -> str:
     headers = ["Scenario"] + [f"{names[metric]} ({model})" for metric, model in columns]
     return ('<h2>Protocol</h2><p>Stream "all" (each detector\'s calibrated overall probability); best per row in '
             'bold; ECE: lower is better.</p>' + table(headers, rows, "protocol"))
+
+
+def methods_table(report: EvaluationReport) -> str:
+    """The cross-method protocol: per fake method and scenario, each model's AUC of that method's fakes against
+    the real crops (stream "all")."""
+    lookup = {(m["model"], m["method"], m["scenario"]): m for m in report.methods if m["stream"] == OVERALL}
+    methods = sorted({method for _, method, _ in lookup})
+    if not methods:
+        return ""
+    rows = []
+    for method in methods:
+        for scenario in report.scenarios:
+            found = [lookup.get((model, method, scenario)) for model in report.models]
+            n_fake = next((r["n_fake"] for r in found if r), None)
+            cells = "".join(num_cell(r["auc"] if r else None, model=model, method=method, scenario=scenario)
+                            for model, r in zip(report.models, found))
+            rows.append(f'<tr data-method="{text(method)}" data-scenario="{text(scenario)}"><th>{text(method)}</th>'
+                        f"<td>{text(scenario_title(scenario))}</td><td>{text(n_fake)}</td>{cells}</tr>")
+    headers = ["Method", "Scenario", "fakes"] + [f"AUC ({model})" for model in report.models]
+    return ("<h2>By fake method</h2><p>Each method's fakes against all the real crops (stream \"all\"): a method "
+            "the model never trained on shows how far its detection transfers.</p>" + table(headers, rows, "methods"))
 
 
 def stream_tables(report: EvaluationReport) -> str:

@@ -34,6 +34,8 @@ class TrainConfig(ABC):
     batch_size: int = 32
     lr: float = 3e-4
     val_limit: int = 2000
+    degrade_share: float = 0.5  # of the training crops passed through the compound degradation engine
+    fakes: str = "prepared"  # prepared: the train split as labelled; self-blend: its real crops + fresh SBI each epoch
     use_gpu: bool | None = None
     max_failures: int = 3
     tracking_uri: str | None = None
@@ -51,6 +53,8 @@ class TrainConfig(ABC):
         """The MLflow run's name (and Ray Train's): each detector's job names its own."""
 
     def check(self) -> None:
+        if self.fakes not in TRAINING_FAKES:
+            raise OptionError(f"unknown --fakes {self.fakes!r}; choose from {', '.join(TRAINING_FAKES)}")
         if self.model not in list_detectors(self.kind):
             raise OptionError(f"unknown model config {self.model!r}; "
                               f"choose from {', '.join(list_detectors(self.kind))}")
@@ -60,6 +64,7 @@ class TrainConfig(ABC):
         return {k: v for k, v in asdict(self).items() if v is not None and k != "tracking_uri"}
 
 
+TRAINING_FAKES = ("prepared", "self-blend")
 # Ray Data's shuffle tasks ask for a whole CPU each, and a worker needs a little of one.
 DATA_CPUS, MIN_WORKER_CPUS = 1.0, 0.25
 
@@ -97,6 +102,18 @@ def check_train_split(data: str, s3_endpoint: str | None):
     return crops, data_fs
 
 
+def train_split(crops: str, data_fs, fakes: str):
+    """The shuffled train split as a Ray Dataset of decoded crops: as labelled, or (``self-blend``)
+    its real crops with their landmarks, which the workers pair with fresh self-blends."""
+    import ray.data
+
+    columns = ["split", "label", "kind", "image"] + (["landmarks"] if fakes == "self-blend" else [])
+    train = ray.data.read_parquet(crops.removeprefix("s3://"), filesystem=data_fs, columns=columns)
+    wanted = "split == 'train'" + (" and kind == 'real'" if fakes == "self-blend" else "")
+    return train.filter(expr=wanted).random_shuffle(seed=None).map_batches(
+        decode_images, batch_size=64, batch_format="pyarrow", num_cpus=0.25)
+
+
 def fit_on_ray(loop: Callable[[dict[str, Any]], None], loop_config: dict[str, Any], crops: str, data_fs, *,
                workers: int, use_gpu: bool | None, storage: str, run_name: str, max_failures: int,
                s3_endpoint: str | None):
@@ -115,9 +132,7 @@ def fit_on_ray(loop: Callable[[dict[str, Any]], None], loop_config: dict[str, An
         workers = gpus
     use_gpu = use_gpu if use_gpu is not None else gpus >= workers > 0
     resources, threads = worker_resources(workers, use_gpu)
-    train = ray.data.read_parquet(crops.removeprefix("s3://"), filesystem=data_fs, columns=["split", "label", "image"])
-    train = train.filter(expr="split == 'train'").random_shuffle(seed=None).map_batches(
-        decode_images, batch_size=64, batch_format="pyarrow", num_cpus=0.25)
+    train = train_split(crops, data_fs, loop_config["fakes"])
     trainer = TorchTrainer(
         loop, train_loop_config=dict(loop_config, threads=threads), datasets={"train": train},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources),

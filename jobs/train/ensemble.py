@@ -27,7 +27,7 @@ from detector.factory import create_detector, parse_detector_spec, weights_metad
 from detector.hybrid import preprocess_crops
 from detector.metrics import roc_auc
 from jobs.train.common import TrainConfig, run_training
-from jobs.train.worker import EpochReporter, flip_augment, load_checkpoint
+from jobs.train.worker import EpochReporter, flip_augment, load_checkpoint, sample_seed, training_images
 from pipelines.errors import OptionError
 
 FINETUNE_MODES = ("lora", "full", "frozen")
@@ -42,7 +42,6 @@ class EnsembleTrainConfig(TrainConfig):
     grad_checkpointing: bool = False
     dinov2_weights: str | None = None
     clip_weights: str | None = None
-    degrade_share: float = 0.5
     experiment: str = "fakescan-ensemble"
     register_as: str = "fakescan-ensemble"
 
@@ -76,11 +75,6 @@ def build_model(cfg: dict[str, Any]):
     assert isinstance(model, EnsembleDetector)  # the spec's kind is "ensemble": create_detector checks it
     model.backbone.set_grad_checkpointing(cfg.get("grad_checkpointing", False))
     return model, info
-
-
-def degrade(images: np.ndarray, engine: DegradationEngine, first_seed: int) -> np.ndarray:
-    """Each image through the engine with its own seed: reproducible per sample and epoch."""
-    return np.stack([engine(image, first_seed + i) for i, image in enumerate(np.asarray(images))])
 
 
 def stream_loss(logits: dict[str, torch.Tensor], labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
@@ -139,10 +133,9 @@ def train_loop(cfg: dict[str, Any]) -> None:
         started = time.perf_counter()
         model.train()
         for batch in shard.iter_batches(batch_size=cfg["batch_size"], batch_format="numpy"):
-            first_seed = ((cfg["seed"] * 1000 + epoch) * world + rank) * 1_000_000 + samples
-            images = degrade(batch["pixels"], engine, first_seed)
+            images, targets = training_images(batch, cfg, engine, sample_seed(cfg, epoch, world, rank, samples))
             pixels = flip_augment(preprocess_crops(images, info.img_size), generator).to(device)
-            labels = torch.as_tensor(batch["label"], dtype=torch.float32).to(device)
+            labels = torch.as_tensor(targets, dtype=torch.float32).to(device)
             with autocast:
                 loss, parts = stream_loss(model(pixels), labels)
             optimizer.zero_grad(set_to_none=True)

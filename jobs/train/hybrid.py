@@ -4,6 +4,8 @@
 
 - ``TorchTrainer``: DDP over gloo on CPU, NCCL on GPU; each worker reads its own shard of
   the train split through Ray Data.
+- Half of the training crops (``--degrade-share``) pass through the compound degradation
+  engine, seeded per sample and epoch, as in the ensemble's job.
 - Every epoch, rank 0 validates (clean, JPEG 50, PGD), writes a checkpoint to the run's
   storage (local or s3://) and logs to MLflow. A killed worker restarts the worker group
   from the last checkpoint (``FailureConfig``) and keeps logging into the same MLflow run;
@@ -21,11 +23,12 @@ import torch
 
 from detector.adversarial import StepConfig, TrainStep, bare
 from detector.attacks import PGDConfig, UNetAttacker
+from detector.degrade import DegradationConfig, DegradationEngine
 from detector.factory import create_detector, parse_detector_spec, weights_metadata
 from detector.hybrid import preprocess_crops
 from detector.robustness import scenario_metrics
 from jobs.train.common import TrainConfig, run_training
-from jobs.train.worker import EpochReporter, flip_augment, load_checkpoint
+from jobs.train.worker import EpochReporter, flip_augment, load_checkpoint, sample_seed, training_images
 
 
 @dataclass
@@ -49,7 +52,8 @@ def train_loop(cfg: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    rank = ray.train.get_context().get_world_rank()
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
     torch.manual_seed(cfg["seed"] + rank)
     torch.set_num_threads(cfg["threads"])
     generator = torch.Generator().manual_seed(cfg["seed"] + 1000 * rank)
@@ -67,6 +71,7 @@ def train_loop(cfg: dict[str, Any]) -> None:
                                 mode=cfg["mode"])
     reporter = EpochReporter(cfg, start_epoch)
     pgd = PGDConfig(iterations=cfg["pgd_steps"] or PGDConfig().iterations)
+    engine = DegradationEngine(DegradationConfig(p_apply=cfg["degrade_share"]))
 
     def validate(detector: torch.nn.Module, crops: Any, labels: Any) -> dict[str, float]:
         return {f"val_{k}": v for k, v in scenario_metrics(detector, crops, labels, pgd,
@@ -78,8 +83,9 @@ def train_loop(cfg: dict[str, Any]) -> None:
         batches = samples = 0
         started = time.perf_counter()
         for batch in shard.iter_batches(batch_size=cfg["batch_size"], batch_format="numpy"):
-            pixels = flip_augment(preprocess_crops(batch["pixels"], info.img_size), generator).to(device)
-            for key, value in step(pixels, torch.as_tensor(batch["label"]).to(device)).items():
+            images, labels = training_images(batch, cfg, engine, sample_seed(cfg, epoch, world, rank, samples))
+            pixels = flip_augment(preprocess_crops(images, info.img_size), generator).to(device)
+            for key, value in step(pixels, torch.as_tensor(labels).to(device)).items():
                 sums[key] += value
             batches, samples = batches + 1, samples + len(pixels)
         losses = {f"train_{k}" if not k.startswith("train_") else k: v / max(batches, 1) for k, v in sums.items()}

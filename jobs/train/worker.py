@@ -12,6 +12,8 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
+from detector.degrade import DegradationEngine
+from detector.pseudofakes import self_blend
 from detector.weights import load_state, load_weights, save_weights
 from jobs.tracking import WEIGHTS_ARTIFACT
 from pipelines.dataset import read_split
@@ -19,6 +21,35 @@ from pipelines.sources import arrow_filesystem_for
 
 STATE_FILE = "train_state.pt"
 Model = TypeVar("Model", bound=torch.nn.Module)
+
+
+def with_self_blends(batch: dict[str, np.ndarray], first_seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each real crop and a fresh self-blend of it (SBI's training batch: every fake beside its
+    own source), seeded per sample and epoch."""
+    fakes = [self_blend(crop, landmarks, np.random.default_rng(first_seed + i))
+             for i, (crop, landmarks) in enumerate(zip(batch["pixels"], batch["landmarks"]))]
+    images = np.concatenate([batch["pixels"], np.stack(fakes)]) if fakes else batch["pixels"]
+    return images, np.concatenate([batch["label"], np.ones(len(fakes), np.float32)])
+
+
+def training_images(batch: dict[str, np.ndarray], cfg: dict[str, Any], engine: DegradationEngine,
+                    first_seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A shard batch as the step sees it: paired with self-blends (``--fakes self-blend``), then
+    through the degradation engine. Returns (images, labels)."""
+    images, labels = with_self_blends(batch, first_seed) if cfg["fakes"] == "self-blend" else (
+        batch["pixels"], batch["label"])
+    return degrade(images, engine, first_seed), labels
+
+
+def degrade(images: np.ndarray, engine: DegradationEngine, first_seed: int) -> np.ndarray:
+    """Each image through the compound degradation engine with its own seed: reproducible per
+    sample and epoch (the engine passes a share of them through untouched)."""
+    return np.stack([engine(image, first_seed + i) for i, image in enumerate(np.asarray(images))])
+
+
+def sample_seed(cfg: dict[str, Any], epoch: int, world: int, rank: int, samples: int) -> int:
+    """The first sample seed of a batch: distinct per seed, epoch, worker and position."""
+    return ((cfg["seed"] * 1000 + epoch) * world + rank) * 1_000_000 + samples
 
 
 def flip_augment(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
