@@ -79,7 +79,7 @@ def gather_media(frames_per_video: int, training_faces: bool) -> dict[str, list[
         for share in (0.06, 0.4):
             media["synthetic"] += [synthetic(face, background, height, share, seed) for seed in range(3)]
     if training_faces:
-        from jobs.train.faces import fetch_training_faces
+        from jobs.faces import fetch_training_faces
 
         # labels.csv, not real/: files an older list left in the folder are not training faces any more
         labels = fetch_training_faces(Path(tempfile.gettempdir()) / "fakescan-training-faces")

