@@ -50,6 +50,14 @@ def test_bad_frames_value(tmp_path):
                           "--frames")
 
 
+@pytest.mark.parametrize(("flag", "value", "said"), [("--degrade-share", "1.5", "between 0 and 1"),
+                                                     ("--degrade-share", "half", "not a number"),
+                                                     ("--fakes", "gan", "invalid choice")])
+def test_bad_training_data_options(tmp_path, flag, value, said):
+    result = run_fakescan("train", "hybrid", "--data", str(tmp_path), "--out", str(tmp_path / "o"), flag, value)
+    assert_one_line_error(result, flag, said)
+
+
 def test_model_path_that_does_not_exist(tmp_path, short_face_video):
     result = run_fakescan("scan", str(short_face_video), "--out", str(tmp_path / "o"),
                           "--model", str(tmp_path / "missing.safetensors"))
