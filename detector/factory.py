@@ -27,6 +27,7 @@ from detector.calibration import Calibration
 from detector.device import resolve_device
 from detector.ensemble import ENSEMBLE_CONFIGS, STREAMS, EnsembleConfig, EnsembleDetector, build_ensemble
 from detector.hybrid import HYBRID_CONFIGS, HybridConfig, HybridDetector
+from detector.pretrained import load_timm_checkpoint
 from detector.voting import DetectorCalibration
 from detector.weights import load_state, load_weights
 
@@ -46,8 +47,14 @@ class _Family:
     streams: tuple[str, ...]
 
 
-def _build_hybrid(config: HybridConfig) -> nn.Module:
-    return HybridDetector(config)
+def _build_hybrid(config: HybridConfig, backbone_weights: str | None = None,
+                  storage_options: dict[str, Any] | None = None) -> nn.Module:
+    """The hybrid for ``config``; ``backbone_weights`` loads a published timm checkpoint of its
+    backbone (e.g. ImageNet EfficientNet-B0) from a path or URL, and the rest starts at random."""
+    model = HybridDetector(config)
+    if backbone_weights:
+        load_timm_checkpoint(model.backbone, backbone_weights, storage_options)
+    return model
 
 
 _FAMILIES: dict[str, _Family] = {

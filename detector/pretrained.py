@@ -78,6 +78,16 @@ def drop_absent_head(state: State, model: nn.Module) -> State:
     return {k: v for k, v in state.items() if not k.startswith("head.")}
 
 
+def load_timm_checkpoint(backbone: nn.Module, source: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Load a timm checkpoint of the same architecture (e.g. ``efficientnet_b0``'s ImageNet
+    ``model.safetensors``) into a backbone built with ``num_classes=0``: its classifier is left out.
+    Any other key or shape that does not fit raises ``ValueError`` naming ``source``."""
+    ours = backbone.state_dict()
+    state = {k: v for k, v in read_state(source, storage_options).items()
+             if k in ours or not k.startswith("classifier.")}
+    load_state(backbone, state, source)
+
+
 def load_dinov2_checkpoint(backbone: VisionTransformer, source: str,
                            storage_options: dict[str, Any] | None = None) -> None:
     """Load a DINOv2 checkpoint (timm's ``model.safetensors`` or Meta's original keys) into ``backbone``.

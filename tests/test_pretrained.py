@@ -1,4 +1,5 @@
-"""Offline loading of published DINOv2 (timm) and CLIP (open_clip) checkpoints, on tiny configs."""
+"""Offline loading of published timm backbones (the hybrid's EfficientNet, DINOv2) and CLIP (open_clip)
+checkpoints, on tiny configs."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ from safetensors.torch import save_file
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
+from detector.factory import create_detector
+from detector.hybrid import HYBRID_CONFIGS
 from detector.pretrained import load_clip_checkpoint, load_dinov2_checkpoint
 
 # DINOv2 trains at 518 px = 37x37 patches of 14; the tiny stand-in trains at 70 px = 5x5.
@@ -61,6 +64,27 @@ def images(size: int) -> torch.Tensor:
 def clip_features(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     tokens = torch.randint(0, 49408, (2, 77), generator=torch.Generator().manual_seed(3))
     return model.encode_image(images(64)), model.encode_text(tokens)
+
+
+# --- The hybrid's backbone ---------------------------------------------------------------------
+
+
+def test_hybrid_starts_from_a_published_backbone_checkpoint(tmp_path: Path) -> None:
+    # A timm checkpoint as published: the same architecture with its ImageNet classifier.
+    torch.manual_seed(0)
+    published = timm.create_model(HYBRID_CONFIGS["hybrid_tiny"].backbone, pretrained=False, num_classes=1000)
+    saved = state_of(published)
+    assert "classifier.weight" in saved
+    model, info = create_detector("hybrid_tiny", backbone_weights=save_safetensors(saved, tmp_path / "b0.safetensors"))
+    for key, value in model.backbone.state_dict().items():
+        assert torch.equal(value, saved[key]), key
+    assert info.source.endswith("b0.safetensors") and not info.trained
+
+
+def test_hybrid_backbone_checkpoint_of_another_architecture_is_refused(tmp_path: Path) -> None:
+    path = save_safetensors(state_of(dinov2(seed=0)), tmp_path / "vit.safetensors")
+    with pytest.raises(ValueError, match=r"vit\.safetensors"):
+        create_detector("hybrid_tiny", backbone_weights=path)
 
 
 # --- DINOv2 -------------------------------------------------------------------------------------

@@ -53,6 +53,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                         help="adversarial (PGD + U-Net attacker, the default) or baseline (clean data only)")
     hybrid.add_argument("--pgd-steps", type=int, default=10, help="PGD iterations in training and validation "
                         "(default 10, as in the paper)")
+    hybrid.add_argument("--backbone-weights", default=None, metavar="FILE", help="a published timm checkpoint of "
+                        "the config's backbone, e.g. ImageNet efficientnet_b0's model.safetensors (path or s3://); "
+                        "ignored with --init")
     hybrid.add_argument("--val-pgd-limit", type=int, default=256, help="validation crops attacked with PGD "
                         "each epoch (default 256)")
 
@@ -77,7 +80,7 @@ def config_from(args: argparse.Namespace, config_type: type) -> Any:
     """The job's config from the flags of the same names; local paths made absolute."""
     values = {f.name: getattr(args, f.name) for f in fields(config_type) if hasattr(args, f.name)}
     values["data"] = args.data.rstrip("/")
-    for path in ("init", "dinov2_weights", "clip_weights"):
+    for path in ("init", "backbone_weights", "dinov2_weights", "clip_weights"):
         if path in values:
             values[path] = absolute(values[path])
     return config_type(**values)

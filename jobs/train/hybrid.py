@@ -37,6 +37,7 @@ class HybridTrainConfig(TrainConfig):
     mode: str = "adversarial"  # adversarial | baseline
     pgd_steps: int = 10
     val_pgd_limit: int = 256
+    backbone_weights: str | None = None  # a published timm checkpoint of the backbone, e.g. ImageNet EfficientNet-B0
     experiment: str = "fakescan-hybrid"
     register_as: str = "fakescan-hybrid"
 
@@ -57,7 +58,9 @@ def train_loop(cfg: dict[str, Any]) -> None:
     torch.manual_seed(cfg["seed"] + rank)
     torch.set_num_threads(cfg["threads"])
     generator = torch.Generator().manual_seed(cfg["seed"] + 1000 * rank)
-    model, info = create_detector(parse_detector_spec(cfg["init"] or cfg["model"], "hybrid"), device="cpu")
+    pretrained = {} if cfg["init"] else {"backbone_weights": cfg["backbone_weights"]}
+    model, info = create_detector(parse_detector_spec(cfg["init"] or cfg["model"], "hybrid"), device="cpu",
+                                  **pretrained)
     attacker: torch.nn.Module | None = UNetAttacker() if cfg["mode"] == "adversarial" else None
     start_epoch, state = load_checkpoint(model)
     model = ray.train.torch.prepare_model(model)
@@ -94,5 +97,6 @@ def train_loop(cfg: dict[str, Any]) -> None:
 
 
 def run_train_hybrid(config: HybridTrainConfig) -> dict[str, Any]:
-    return run_training(config, train_loop, notes=[],
-                        tags={"mode": config.mode, "model": config.model})
+    notes = [] if config.backbone_weights or config.init else [
+        "The EfficientNet backbone started from random weights (no --backbone-weights): it has no ImageNet prior."]
+    return run_training(config, train_loop, notes=notes, tags={"mode": config.mode, "model": config.model})
