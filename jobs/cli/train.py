@@ -11,6 +11,7 @@ from jobs.cli.arguments import OneLineParser, absolute, add_s3_endpoint, positiv
 def add_common(parser: argparse.ArgumentParser, kind: str, model: str, name: str) -> None:
     """The flags of every training job (``jobs.train.common.TrainConfig``)."""
     from detector.factory import list_detectors
+    from jobs.train.common import TRAINING_FAKES
 
     parser.add_argument("--data", required=True, help="a dataset written by fakescan prepare (local or s3://)")
     parser.add_argument("--out", required=True, help="local folder for the model, and the MLflow store by default")
@@ -25,7 +26,7 @@ def add_common(parser: argparse.ArgumentParser, kind: str, model: str, name: str
     parser.add_argument("--epochs", type=positive_int, default=5, help="epochs (default 5)")
     parser.add_argument("--batch-size", type=positive_int, default=32, help="batch per worker (default 32)")
     parser.add_argument("--lr", type=float, default=3e-4, help="learning rate (default 3e-4)")
-    parser.add_argument("--fakes", choices=["prepared", "self-blend"], default="prepared",
+    parser.add_argument("--fakes", choices=TRAINING_FAKES, default="prepared",
                         help="prepared: the train split's crops as labelled (default); self-blend: its real crops "
                              "only, each paired every epoch with a fresh self-blend of itself (SBI)")
     parser.add_argument("--degrade-share", type=share, default=0.5, help="share of the training crops passed "

@@ -39,15 +39,20 @@ def _groups(predictions: pa.Table, keys: tuple[str, ...]) -> dict[tuple, dict[st
     return {key: {name: values[rows] for name, values in columns.items()} for key, rows in index.items()}
 
 
+def _scores(p_fake: np.ndarray, label: np.ndarray) -> dict[str, float]:
+    """Accuracy (p_fake > 0.5), ROC AUC, ECE and the mean p_fake of one group of crops."""
+    p, y = p_fake.astype(np.float64), label.astype(np.float64)
+    return {"accuracy": accuracy(y, p, 0.5), "auc": roc_auc(y, p),
+            "ece": expected_calibration_error(np.clip(p, 0, 1), y), "mean_p_fake": float(p.mean())}
+
+
 def metrics_table(predictions: pa.Table, detectors: dict[str, str]) -> pa.Table:
     """Accuracy (p_fake > 0.5), ROC AUC and ECE per model, stream and scenario, in the
     order the predictions came (scenarios in protocol order)."""
     rows = []
     for (model, stream, scenario), g in _groups(predictions, ("model", "stream", "scenario")).items():
-        p, y = g["p_fake"].astype(np.float64), g["label"].astype(np.float64)
         rows.append({"model": model, "detector": detectors[model], "stream": stream, "scenario": scenario,
-                     "n": len(y), "accuracy": accuracy(y, p, 0.5), "auc": roc_auc(y, p),
-                     "ece": expected_calibration_error(np.clip(p, 0, 1), y), "mean_p_fake": float(p.mean())})
+                     "n": len(g["label"]), **_scores(g["p_fake"], g["label"])})
     return pa.Table.from_pylist(rows, schema=METRICS_SCHEMA)
 
 
@@ -58,12 +63,11 @@ def methods_table(predictions: pa.Table, detectors: dict[str, str]) -> pa.Table:
     for (model, stream, scenario), g in _groups(predictions, ("model", "stream", "scenario")).items():
         real = g["label"] == 0
         for method in sorted(set(g["kind"][~real].tolist())):
-            pick = real | (g["kind"] == method)
-            p, y = g["p_fake"][pick].astype(np.float64), g["label"][pick].astype(np.float64)
+            fake = g["kind"] == method
+            pick = real | fake
             rows.append({"model": model, "detector": detectors[model], "stream": stream, "scenario": scenario,
-                         "method": method, "n_real": int(real.sum()), "n_fake": int(y.sum()),
-                         "accuracy": accuracy(y, p, 0.5), "auc": roc_auc(y, p),
-                         "ece": expected_calibration_error(np.clip(p, 0, 1), y), "mean_p_fake": float(p.mean())})
+                         "method": method, "n_real": int(real.sum()), "n_fake": int(fake.sum()),
+                         **_scores(g["p_fake"][pick], g["label"][pick])})
     return pa.Table.from_pylist(rows, schema=METHODS_SCHEMA)
 
 
