@@ -7,15 +7,22 @@ Adversarial, per batch:
 
 The three inputs go through the detector in one forward pass, so DDP sees exactly
 one forward and one backward per step. Attacks use the bare module (no DDP hooks).
+
+Where the batch brings blend alphas (self-blends, whose masks are known) and the detector
+has a boundary head, each input's boundary logits also learn the Face X-ray target: an
+attack moves pixels, not where the image was blended.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from detector.attacks import PGDConfig, detector_loss, pgd_attack, unet_attacker_loss, unwrap_attacker
+from detector.hybrid import HybridDetector
 
 MODES = ("baseline", "adversarial")
 
@@ -25,6 +32,7 @@ class StepConfig:
     mode: str = "adversarial"
     pgd: PGDConfig = field(default_factory=PGDConfig)
     grad_clip: float = 1.0
+    boundary_weight: float = 10.0  # of the boundary loss against the label's, where alphas come with the batch
 
 
 def bare(model: nn.Module) -> nn.Module:
@@ -70,7 +78,9 @@ class TrainStep:
         return {"attacker_loss": loss.total.item(), "attacker_tv": loss.tv.item(),
                 "attacker_low_freq": loss.low_freq.item()}
 
-    def __call__(self, pixels: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    def __call__(self, pixels: torch.Tensor, labels: torch.Tensor, alphas: torch.Tensor | None = None
+                 ) -> dict[str, float]:
+        """One step; ``alphas`` (B, H, W) are the batch's blend alphas (zero for real images)."""
         self.detector.train()
         labels = labels.float()
         metrics: dict[str, float] = {}
@@ -84,9 +94,18 @@ class TrainStep:
             with torch.no_grad(), self.autocast():
                 inputs.append(unwrap_attacker(self.attacker).perturb(pixels))
         with self.autocast():
-            logits = self.detector(torch.cat(inputs)).float().chunk(len(inputs))
+            if alphas is None:
+                logits = self.detector(torch.cat(inputs)).float().chunk(len(inputs))
+            else:
+                joint, boundary = self.detector(torch.cat(inputs), with_boundary=True)
+                logits = joint.float().chunk(len(inputs))
+                targets = cast(HybridDetector, bare(self.detector)).boundary_targets(alphas).repeat(len(inputs), 1, 1)
+                boundary_loss = F.binary_cross_entropy_with_logits(boundary.float(), targets)
+                metrics["loss_boundary"] = boundary_loss.item()
             terms = [detector_loss(chunk, labels) for chunk in logits]
             total = torch.stack(terms).sum()
+            if alphas is not None:
+                total = total + self.config.boundary_weight * boundary_loss
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         torch.nn.utils.clip_grad_norm_(self.detector.parameters(), self.config.grad_clip)

@@ -5,10 +5,16 @@ cells become tokens, projected, with a CLS token and learnable positions, throug
 a 4-layer, 4-head Transformer encoder; an MLP head on the CLS output gives one
 logit (fake > 0). The model takes pixels in [0, 1] and normalises inside, so that
 attacks work in pixel space and GPUs receive uint8.
+
+The ``*_boundary`` configs add a linear head on the 49 cell tokens that predicts where
+the image is blended (Face X-ray's boundary, Li et al., CVPR 2020). Training on
+self-blends, whose blend masks are known, then gives 49 targets per image instead of
+one label: the supervision that lets a randomly initialised backbone find blending
+traces in CPU time, where the label alone left it at chance.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol, cast
 
 import numpy as np
@@ -32,6 +38,7 @@ class HybridConfig:
     mlp_ratio: float = 4.0
     head_hidden: int = 128
     dropout: float = 0.1
+    boundary_head: bool = False  # a per-cell blending-boundary head, trained on self-blends' masks
     mean: tuple[float, float, float] = field(default=IMAGENET_MEAN)
     std: tuple[float, float, float] = field(default=IMAGENET_STD)
 
@@ -45,11 +52,14 @@ class HybridConfig:
         return cls(**known)
 
 
+_TINY = HybridConfig(name="hybrid_tiny", backbone="test_efficientnet", img_size=64, embed_dim=32, depth=2, num_heads=2,
+                     head_hidden=16)
 HYBRID_CONFIGS: dict[str, HybridConfig] = {
     "hybrid_b0": HybridConfig(),
+    "hybrid_boundary_b0": HybridConfig(name="hybrid_boundary_b0", boundary_head=True),
     # Same code path, small enough for CPU tests: timm's test-sized EfficientNet.
-    "hybrid_tiny": HybridConfig(name="hybrid_tiny", backbone="test_efficientnet", img_size=64, embed_dim=32,
-                                depth=2, num_heads=2, head_hidden=16),
+    "hybrid_tiny": _TINY,
+    "hybrid_boundary_tiny": replace(_TINY, name="hybrid_boundary_tiny", boundary_head=True),
 }
 
 
@@ -96,6 +106,7 @@ class HybridDetector(nn.Module):
             nn.Linear(config.embed_dim, config.head_hidden), nn.GELU(), nn.Dropout(config.dropout),
             nn.Linear(config.head_hidden, 1),
         )
+        self.boundary = nn.Linear(config.embed_dim, 1) if config.boundary_head else None
         self.register_buffer("mean", torch.tensor(config.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(config.std).view(1, 3, 1, 1), persistent=False)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
@@ -112,8 +123,22 @@ class HybridDetector(nn.Module):
         x = torch.cat([self.cls_token.expand(len(x), -1, -1), x], dim=1) + self.pos_embed
         return self.norm(self.encoder(x))
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.head(self.tokens(pixels)[:, 0]).squeeze(-1)
+    def forward(self, pixels: torch.Tensor, with_boundary: bool = False
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Logits (B,); with ``with_boundary``, also the boundary head's (B, h, w) logits, through
+        ``forward`` so that DistributedDataParallel sees them."""
+        tokens = self.tokens(pixels)
+        logits = self.head(tokens[:, 0]).squeeze(-1)
+        if not with_boundary:
+            return logits
+        if self.boundary is None:
+            raise ValueError(f"{self.config.name} has no boundary head; use a hybrid_boundary_* config")
+        return logits, self.boundary(tokens[:, 1:]).view(len(tokens), *self.grid)
+
+    def boundary_targets(self, alphas: torch.Tensor) -> torch.Tensor:
+        """(B, H, W) blend alphas at any size → (B, h, w) targets: the Face X-ray boundary
+        4·α·(1 − α), averaged over each token's cell."""
+        return F.adaptive_avg_pool2d((4.0 * alphas * (1.0 - alphas))[:, None], self.grid)[:, 0]
 
 
 def preprocess_crops(crops: np.ndarray | torch.Tensor, img_size: int) -> torch.Tensor:

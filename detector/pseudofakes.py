@@ -139,9 +139,15 @@ def source_and_target(crop: np.ndarray, rng: np.random.Generator) -> tuple[np.nd
 
 
 def self_blend(crop: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return self_blend_with_alpha(crop, landmarks, rng)[0]
+
+
+def self_blend_with_alpha(crop: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """A self-blend and its (H, W) float32 alpha: where, and how much, the source was pasted."""
     source, target = source_and_target(crop, rng)
-    mask = face_mask(landmarks, crop.shape[:2], rng)
-    return blend(target, source, mask, float(rng.choice(BLEND_RATIOS)))
+    alpha = face_mask(landmarks, crop.shape[:2], rng) * float(rng.choice(BLEND_RATIOS))
+    return blend(target, source, alpha, 1.0), alpha
 
 
 def match_colour(source: np.ndarray, target: np.ndarray, mask: np.ndarray) -> np.ndarray:

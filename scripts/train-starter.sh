@@ -7,15 +7,16 @@
 #      with one fake of every method per real face: the training list's val people (never trained on)
 #      and the held-out faces;
 #   3. train the hybrid on self-blends only (--fakes self-blend: every real crop paired with a fresh
-#      self-blend each epoch; the degradation engine on a quarter of the images; lr 1e-3: at 3e-4 the
-#      loss had not left ln 2 after 12 epochs);
+#      self-blend each epoch; the degradation engine on a quarter of the images; lr 1e-3), with the
+#      boundary head (hybrid_boundary_b0) learning where each image is blended: on the label alone the
+#      loss had not left ln 2 in 22 epochs;
 #   4. evaluate both models on both sets: AUC per fake method (methods.parquet), clean, JPEG 50, H.264.
-# Usage: scripts/train-starter.sh [WORKDIR] [EPOCHS]   (default /tmp/fakescan-starter, 40 epochs: about 45
+# Usage: scripts/train-starter.sh [WORKDIR] [EPOCHS]   (default /tmp/fakescan-starter, 60 epochs: about 70
 # minutes on 2 cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${1:-/tmp/fakescan-starter}
-EPOCHS=${2:-40}
+EPOCHS=${2:-60}
 export RAY_AUTH_MODE=disabled MLFLOW_DISABLE_TELEMETRY=true RAY_USAGE_STATS_ENABLED=0
 export MLFLOW_TRACKING_URI="sqlite:///$WORK/mlflow.db"
 FAKESCAN=.venv/bin/fakescan
@@ -43,7 +44,8 @@ $FAKESCAN samples "$WORK/heldout" --heldout
 [ -d "$WORK/protocol-heldout" ] || $FAKESCAN prepare "$WORK/heldout/labels.csv" --out "$WORK/protocol-heldout" \
     --frames 16 --pseudo-fakes sbi,swap,morph --every-kind
 
-$FAKESCAN train hybrid --data "$WORK/data" --out "$WORK/sbi" --mode baseline --fakes self-blend --workers 1 \
+$FAKESCAN train hybrid --data "$WORK/data" --out "$WORK/sbi" --model hybrid_boundary_b0 --boundary-weight 10 \
+    --mode baseline --fakes self-blend --workers 1 \
     --epochs "$EPOCHS" --batch-size 16 --lr 1e-3 --degrade-share 0.25 --pgd-steps 5 --val-pgd-limit 32 \
     --alias candidate
 

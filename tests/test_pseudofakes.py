@@ -10,6 +10,7 @@ from detector.faces import FaceCropper
 from detector.pseudofakes import (
     face_mask,
     self_blend,
+    self_blend_with_alpha,
     similarity_transform,
     source_and_target,
     transfer_colour_lab,
@@ -125,11 +126,34 @@ def test_training_pairs_every_real_crop_with_a_fresh_self_blend_of_itself(faces)
 
     batch = {"pixels": np.stack([f.crop for f in faces[:3]]), "label": np.zeros(3, np.float32),
              "landmarks": np.stack([f.landmarks for f in faces[:3]])}
-    images, labels = with_self_blends(batch, first_seed=100)
+    made = with_self_blends(batch, first_seed=100)
+    images, labels = made.images, made.labels
     assert images.shape == (6, *faces[0].crop.shape) and labels.tolist() == [0, 0, 0, 1, 1, 1]
     assert np.array_equal(images[:3], batch["pixels"])
     for i in range(3):  # each fake is the self-blend of its own crop, seeded by its place
         expected = self_blend(faces[i].crop, faces[i].landmarks, np.random.default_rng(100 + i))
         assert np.array_equal(images[3 + i], expected)
-    next_epoch, _ = with_self_blends(batch, first_seed=200)
+    next_epoch = with_self_blends(batch, first_seed=200).images
     assert not np.array_equal(next_epoch[3:], images[3:])  # a new epoch, new fakes
+
+
+def test_training_batches_carry_where_each_image_is_blended(faces):
+    from jobs.train.worker import with_self_blends
+
+    batch = {"pixels": np.stack([f.crop for f in faces[:2]]), "label": np.zeros(2, np.float32),
+             "landmarks": np.stack([f.landmarks for f in faces[:2]])}
+    made = with_self_blends(batch, first_seed=100)
+    assert made.alphas is not None and made.alphas.shape == (4, *faces[0].crop.shape[:2])
+    assert not made.alphas[:2].any()  # real crops: nothing pasted
+    for i in range(2):
+        fake, alpha = self_blend_with_alpha(faces[i].crop, faces[i].landmarks, np.random.default_rng(100 + i))
+        assert np.array_equal(made.images[2 + i], fake) and np.array_equal(made.alphas[2 + i], alpha)
+        assert alpha.max() > 0.2 and alpha[0, 0] < 1e-3  # pasted over the face, not in the corner
+
+
+def test_alpha_is_where_a_self_blend_differs_from_its_crop(faces):
+    face = faces[0]
+    fake, alpha = self_blend_with_alpha(face.crop, face.landmarks, np.random.default_rng(3))
+    changed = np.abs(fake.astype(int) - face.crop.astype(int)).max(axis=-1) > 2
+    assert not changed[alpha < 1e-3].any()  # outside the mask the crop is untouched
+    assert changed[alpha > 0.2].mean() > 0.5

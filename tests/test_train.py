@@ -11,6 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from detector.factory import create_detector
+from jobs.tracking import WEIGHTS_ARTIFACT
 from tests.conftest import FAKESCAN, run_fakescan
 
 pytestmark = pytest.mark.slow
@@ -185,6 +187,21 @@ def test_killed_worker_resumes_from_its_checkpoint_in_the_same_run(ray_cluster, 
     assert resumed >= 1  # restarted from a checkpoint, not from scratch
     steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "val_clean_auc")]
     assert sorted(set(steps)) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("fakes", ["self-blend", "prepared"])
+def test_boundary_model_learns_the_boundary_from_self_blends_and_trains_on_prepared_fakes(ray_cluster, prepared,
+                                                                                          tmp_path, fakes):
+    """Two DDP workers: on prepared fakes (no alphas) the head is frozen, so DDP waits for no gradient."""
+    out = tmp_path / "boundary"
+    result = run_fakescan("train", "hybrid", "--data", str(prepared), "--out", str(out), "--model",
+                          "hybrid_boundary_tiny", "--mode", "baseline", "--fakes", fakes, "--workers", "2",
+                          "--epochs", "1", "--batch-size", "8")
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = mlflow_client(f"sqlite:///{out / 'mlflow.db'}")
+    run = client.search_runs([client.get_experiment_by_name("fakescan-hybrid").experiment_id])[0]
+    assert ("train_loss_boundary" in run.data.metrics) == (fakes == "self-blend")
+    assert create_detector(str(out / "model" / WEIGHTS_ARTIFACT))[1].config.boundary_head
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import argparse
 from dataclasses import fields
 from typing import Any
 
-from jobs.cli.arguments import OneLineParser, absolute, add_s3_endpoint, positive_int, share
+from jobs.cli.arguments import OneLineParser, absolute, add_s3_endpoint, positive_float, positive_int, share
 
 
 def add_common(parser: argparse.ArgumentParser, kind: str, model: str, name: str) -> None:
@@ -57,6 +57,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     hybrid.add_argument("--backbone-weights", default=None, metavar="FILE", help="a published timm checkpoint of "
                         "the config's backbone, e.g. ImageNet efficientnet_b0's model.safetensors (path or s3://); "
                         "ignored with --init")
+    hybrid.add_argument("--boundary-weight", type=positive_float, default=10.0,
+                        help="weight of the blending-boundary loss against the label's, for a hybrid_boundary_* "
+                             "model trained with --fakes self-blend (default 10)")
     hybrid.add_argument("--val-pgd-limit", type=int, default=256, help="validation crops attacked with PGD "
                         "each epoch (default 256)")
 

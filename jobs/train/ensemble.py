@@ -133,9 +133,9 @@ def train_loop(cfg: dict[str, Any]) -> None:
         started = time.perf_counter()
         model.train()
         for batch in shard.iter_batches(batch_size=cfg["batch_size"], batch_format="numpy"):
-            images, targets = training_images(batch, cfg, engine, sample_seed(cfg, epoch, world, rank, samples))
-            pixels = flip_augment(preprocess_crops(images, info.img_size), generator).to(device)
-            labels = torch.as_tensor(targets, dtype=torch.float32).to(device)
+            made = training_images(batch, cfg, engine, sample_seed(cfg, epoch, world, rank, samples))
+            pixels = flip_augment(preprocess_crops(made.images, info.img_size), generator)[0].to(device)
+            labels = torch.as_tensor(made.labels, dtype=torch.float32).to(device)
             with autocast:
                 loss, parts = stream_loss(model(pixels), labels)
             optimizer.zero_grad(set_to_none=True)

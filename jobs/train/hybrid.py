@@ -38,6 +38,7 @@ class HybridTrainConfig(TrainConfig):
     pgd_steps: int = 10
     val_pgd_limit: int = 256
     backbone_weights: str | None = None  # a published timm checkpoint of the backbone, e.g. ImageNet EfficientNet-B0
+    boundary_weight: float = 10.0  # of a hybrid_boundary_* model's boundary loss, with --fakes self-blend
     experiment: str = "fakescan-hybrid"
     register_as: str = "fakescan-hybrid"
 
@@ -62,11 +63,18 @@ def train_loop(cfg: dict[str, Any]) -> None:
     model, info = create_detector(parse_detector_spec(cfg["init"] or cfg["model"], "hybrid"), device="cpu",
                                   **pretrained)
     attacker: torch.nn.Module | None = UNetAttacker() if cfg["mode"] == "adversarial" else None
+    # The boundary head learns where the blend alphas are known: from self-blends, not prepared fakes.
+    # Elsewhere it is frozen, or DDP would wait for gradients that never come.
+    boundary = getattr(model, "boundary", None)  # a hybrid_boundary_* config's head
+    learns_boundary = boundary is not None and cfg["fakes"] == "self-blend"
+    if boundary is not None and not learns_boundary:
+        boundary.requires_grad_(False)
     start_epoch, state = load_checkpoint(model)
     model = ray.train.torch.prepare_model(model)
     # DDP on the attacker too, so that every worker's attacker takes the same steps.
     attacker = ray.train.torch.prepare_model(attacker) if attacker is not None else None
-    step = TrainStep(model, attacker, StepConfig(cfg["mode"], PGDConfig(iterations=cfg["pgd_steps"])), cfg["lr"])
+    step = TrainStep(model, attacker, StepConfig(cfg["mode"], PGDConfig(iterations=cfg["pgd_steps"]),
+                                                 boundary_weight=cfg["boundary_weight"]), cfg["lr"])
     if state is not None:
         step.load_state_dict(state["step"])
     device = ray.train.torch.get_device()
@@ -86,9 +94,11 @@ def train_loop(cfg: dict[str, Any]) -> None:
         batches = samples = 0
         started = time.perf_counter()
         for batch in shard.iter_batches(batch_size=cfg["batch_size"], batch_format="numpy"):
-            images, labels = training_images(batch, cfg, engine, sample_seed(cfg, epoch, world, rank, samples))
-            pixels = flip_augment(preprocess_crops(images, info.img_size), generator).to(device)
-            for key, value in step(pixels, torch.as_tensor(labels).to(device)).items():
+            made = training_images(batch, cfg, engine, sample_seed(cfg, epoch, world, rank, samples))
+            alphas = torch.from_numpy(made.alphas) if made.alphas is not None and learns_boundary else None
+            pixels, alphas = flip_augment(preprocess_crops(made.images, info.img_size), generator, alphas)
+            alphas = alphas.to(device) if alphas is not None else None
+            for key, value in step(pixels.to(device), torch.as_tensor(made.labels).to(device), alphas).items():
                 sums[key] += value
             batches, samples = batches + 1, samples + len(pixels)
         losses = {f"train_{k}" if not k.startswith("train_") else k: v / max(batches, 1) for k, v in sums.items()}

@@ -6,6 +6,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 
 from detector.degrade import DegradationEngine
-from detector.pseudofakes import self_blend
+from detector.pseudofakes import self_blend_with_alpha
 from detector.weights import load_state, load_weights, save_weights
 from jobs.tracking import WEIGHTS_ARTIFACT
 from pipelines.dataset import read_split
@@ -23,22 +24,37 @@ STATE_FILE = "train_state.pt"
 Model = TypeVar("Model", bound=torch.nn.Module)
 
 
-def with_self_blends(batch: dict[str, np.ndarray], first_seed: int) -> tuple[np.ndarray, np.ndarray]:
+@dataclass
+class TrainingBatch:
+    """A shard batch as the step sees it. ``alphas`` are every image's (H, W) blend alphas where
+    all are known (self-blends; zero for real crops), else None."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    alphas: np.ndarray | None = None
+
+
+def with_self_blends(batch: dict[str, np.ndarray], first_seed: int) -> TrainingBatch:
     """Each real crop and a fresh self-blend of it (SBI's training batch: every fake beside its
     own source), seeded per sample and epoch."""
-    fakes = [self_blend(crop, landmarks, np.random.default_rng(first_seed + i))
-             for i, (crop, landmarks) in enumerate(zip(batch["pixels"], batch["landmarks"]))]
-    images = np.concatenate([batch["pixels"], np.stack(fakes)]) if fakes else batch["pixels"]
-    return images, np.concatenate([batch["label"], np.ones(len(fakes), np.float32)])
+    made = [self_blend_with_alpha(crop, landmarks, np.random.default_rng(first_seed + i))
+            for i, (crop, landmarks) in enumerate(zip(batch["pixels"], batch["landmarks"]))]
+    if not made:
+        return TrainingBatch(batch["pixels"], batch["label"])
+    fakes, alphas = (np.stack(parts) for parts in zip(*made))
+    return TrainingBatch(np.concatenate([batch["pixels"], fakes]),
+                         np.concatenate([batch["label"], np.ones(len(fakes), np.float32)]),
+                         np.concatenate([np.zeros_like(alphas), alphas]))
 
 
 def training_images(batch: dict[str, np.ndarray], cfg: dict[str, Any], engine: DegradationEngine,
-                    first_seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A shard batch as the step sees it: paired with self-blends (``--fakes self-blend``), then
-    through the degradation engine. Returns (images, labels)."""
-    images, labels = with_self_blends(batch, first_seed) if cfg["fakes"] == "self-blend" else (
+                    first_seed: int) -> TrainingBatch:
+    """A shard batch paired with self-blends (``--fakes self-blend``), then through the
+    degradation engine, which keeps every pixel where it was, so the alphas still hold."""
+    made = with_self_blends(batch, first_seed) if cfg["fakes"] == "self-blend" else TrainingBatch(
         batch["pixels"], batch["label"])
-    return degrade(images, engine, first_seed), labels
+    made.images = degrade(made.images, engine, first_seed)
+    return made
 
 
 def degrade(images: np.ndarray, engine: DegradationEngine, first_seed: int) -> np.ndarray:
@@ -52,10 +68,14 @@ def sample_seed(cfg: dict[str, Any], epoch: int, world: int, rank: int, samples:
     return ((cfg["seed"] * 1000 + epoch) * world + rank) * 1_000_000 + samples
 
 
-def flip_augment(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def flip_augment(pixels: torch.Tensor, generator: torch.Generator, alphas: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A random half of the images mirrored, in place, with their alphas where there are some."""
     flip = torch.rand(len(pixels), generator=generator) < 0.5
     pixels[flip] = pixels[flip].flip(-1)
-    return pixels
+    if alphas is not None:
+        alphas[flip] = alphas[flip].flip(-1)
+    return pixels, alphas
 
 
 def load_checkpoint(model: torch.nn.Module) -> tuple[int, dict | None]:
