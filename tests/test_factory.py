@@ -35,9 +35,13 @@ def test_forward_gives_one_logit_per_stream_and_backward_reaches_every_trainable
     assert not info.trained and info.version == "random-init" and info.kind == parse_detector_spec(name).kind
     assert set(info.calibration.streams) == set(stream_logits(model, torch.rand(1, 3, 64, 64)))
     model.train()
-    logits = stream_logits(model, torch.rand(3, 3, info.img_size, info.img_size))
+    pixels = torch.rand(3, 3, info.img_size, info.img_size)
+    logits = stream_logits(model, pixels)
     assert all(v.shape == (3,) for v in logits.values())
-    sum(v.sum() for v in logits.values()).backward()
+    loss = sum(v.sum() for v in logits.values())
+    if getattr(model, "boundary", None) is not None:  # a boundary head trains on its own output, beside the logit
+        loss = loss + model(pixels, with_boundary=True)[1].sum()
+    loss.backward()
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all(p.grad is not None for _, p in trainable), [n for n, p in trainable if p.grad is None]
 
