@@ -6,7 +6,7 @@ a 4-layer, 4-head Transformer encoder; an MLP head on the CLS output gives one
 logit (fake > 0). The model takes pixels in [0, 1] and normalises inside, so that
 attacks work in pixel space and GPUs receive uint8.
 
-The ``*_boundary`` configs add a linear head on the 49 cell tokens that predicts where
+The ``hybrid_boundary_*`` configs add a linear head on the 49 cell tokens that predicts where
 the image is blended (Face X-ray's boundary, Li et al., CVPR 2020). Training on
 self-blends, whose blend masks are known, then gives 49 targets per image instead of
 one label: the supervision that lets a randomly initialised backbone find blending

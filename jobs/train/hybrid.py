@@ -6,6 +6,9 @@
   the train split through Ray Data.
 - Half of the training crops (``--degrade-share``) pass through the compound degradation
   engine, seeded per sample and epoch, as in the ensemble's job.
+- A ``hybrid_boundary_*`` model trained on self-blends also learns where each image is
+  blended, from the blend alphas (``--boundary-weight``); on prepared fakes its boundary
+  head is frozen.
 - Every epoch, rank 0 validates (clean, JPEG 50, PGD), writes a checkpoint to the run's
   storage (local or s3://) and logs to MLflow. A killed worker restarts the worker group
   from the last checkpoint (``FailureConfig``) and keeps logging into the same MLflow run;
@@ -63,9 +66,9 @@ def train_loop(cfg: dict[str, Any]) -> None:
     model, info = create_detector(parse_detector_spec(cfg["init"] or cfg["model"], "hybrid"), device="cpu",
                                   **pretrained)
     attacker: torch.nn.Module | None = UNetAttacker() if cfg["mode"] == "adversarial" else None
-    # The boundary head learns where the blend alphas are known: from self-blends, not prepared fakes.
-    # Elsewhere it is frozen, or DDP would wait for gradients that never come.
-    boundary = getattr(model, "boundary", None)  # a hybrid_boundary_* config's head
+    # A boundary head learns where the blend alphas are known, from self-blends. Elsewhere it is
+    # frozen, or DDP would wait for gradients that never come.
+    boundary = getattr(model, "boundary", None)
     learns_boundary = boundary is not None and cfg["fakes"] == "self-blend"
     if boundary is not None and not learns_boundary:
         boundary.requires_grad_(False)
